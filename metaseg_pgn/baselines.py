@@ -1,0 +1,121 @@
+"""Sampling baselines: MC dropout and deep ensembles, as pixel maps.
+
+Both average T softmax outputs ``s_t``. With ``s̄ = mean_t s_t`` and ``H(s) = -Σ_c s_c log s_c``:
+
+- ``*_E``  = H(s̄) / log C                      (normalised entropy of the mean prediction)
+- ``*_MI`` = (H(s̄) - mean_t H(s_t)) / log C    (mutual information, normalised likewise)
+
+Samples are accumulated one at a time, so memory does not grow with T.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+
+DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=1)
+
+
+class PredictiveAccumulator:
+    """Running mean of softmax samples and of their entropies.
+
+    ``update(probs)`` with probs (B, C, H, W); ``compute()`` returns ``(mean_probs, E, MI)`` with
+    E and MI of shape (B, H, W), float32.
+    """
+
+    def __init__(self) -> None:
+        self.sum_probs: torch.Tensor | None = None
+        self.sum_entropy: torch.Tensor | None = None
+        self.count = 0
+
+    def update(self, probs: torch.Tensor) -> None:
+        probs = probs.to(torch.float64)
+        ent = _entropy(probs)
+        if self.sum_probs is None:
+            self.sum_probs, self.sum_entropy = probs.clone(), ent
+        else:
+            self.sum_probs += probs
+            self.sum_entropy += ent
+        self.count += 1
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.count == 0:
+            raise ValueError("no samples were accumulated")
+        mean = self.sum_probs / self.count
+        log_c = math.log(mean.shape[1])
+        h_mean = _entropy(mean)
+        mi = (h_mean - self.sum_entropy / self.count).clamp_min(0.0)
+        return mean.float(), (h_mean / log_c).float(), (mi / log_c).float()
+
+
+@contextlib.contextmanager
+def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
+    """Dropout layers stochastic, everything else (BatchNorm) in eval mode; modes restored after."""
+    dropouts = [m for m in model.modules() if isinstance(m, DROPOUT_TYPES)]
+    if not dropouts:
+        raise ValueError(f"{type(model).__name__} has no dropout layer: MC dropout is not applicable")
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    for m in dropouts:
+        m.train()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def _output(out):
+    return out["out"] if isinstance(out, dict) else out
+
+
+@torch.no_grad()
+def mc_dropout_maps(model: nn.Module, x: torch.Tensor, samples: int = 25,
+                    generator_seed: int | None = 0) -> dict[str, torch.Tensor]:
+    """MC dropout maps ``mcd_E``, ``mcd_MI``, each (B, H, W) float32.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any segmentation model with dropout layers; returns (B, C, H, W) logits.
+    x : Tensor, shape (B, 3, H, W)
+    samples : int
+        Number of stochastic forward passes T.
+    generator_seed : int or None
+        Seeds torch's RNG for the passes so results are reproducible (restored afterwards).
+    """
+    acc = PredictiveAccumulator()
+    with _seeded(generator_seed), mc_dropout(model):
+        for _ in range(samples):
+            acc.update(torch.softmax(_output(model(x)).float(), dim=1))
+    _, e, mi = acc.compute()
+    return {"mcd_E": e, "mcd_MI": mi}
+
+
+@torch.no_grad()
+def ensemble_maps(models: Iterable[nn.Module] | Iterable[Callable], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Deep-ensemble maps ``ens_E``, ``ens_MI``, each (B, H, W) float32 (models in eval mode)."""
+    acc = PredictiveAccumulator()
+    for member in models:
+        acc.update(torch.softmax(_output(member(x)).float(), dim=1))
+    _, e, mi = acc.compute()
+    return {"ens_E": e, "ens_MI": mi}
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

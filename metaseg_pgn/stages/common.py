@@ -1,0 +1,109 @@
+"""What every stage shares: the run folder, manifests, and the rule for staleness.
+
+Each stage writes into ``<run_dir>/<stage>/`` and finishes by writing ``manifest.json`` that records
+the fingerprint of everything its outputs depend on: the configuration sections it reads and the
+fingerprints of the stages it reads from. A stage whose manifest carries the current fingerprint is
+up to date and is skipped; otherwise it runs, reusing per-frame outputs whose own fingerprints still
+match (so an interrupted stage resumes, and a changed PGN setting recomputes only the PGN maps).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..io import fingerprint, write_json
+
+log = logging.getLogger("metaseg_pgn")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run on the inputs it was given (the message says which and why)."""
+
+
+@dataclass
+class RunContext:
+    """The configuration of one run and where its outputs live."""
+
+    cfg: dict
+    run_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.cfg["run_dir"])
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    @property
+    def device(self) -> torch.device:
+        name = self.cfg.get("device", "auto")
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(name)
+
+    @property
+    def progress(self) -> bool:
+        return bool(self.cfg.get("progress", True))
+
+
+def dataset_key(ds_cfg: dict) -> str:
+    """A folder name for one dataset and split, e.g. ``synthetic-val``."""
+    split = ds_cfg.get("split") or ds_cfg.get("track") or "all"
+    return f"{ds_cfg['name']}-{split}"
+
+
+def manifest_path(ctx: RunContext, stage: str) -> Path:
+    return ctx.stage_dir(stage) / "manifest.json"
+
+
+def read_manifest(ctx: RunContext, stage: str) -> dict | None:
+    path = manifest_path(ctx, stage)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StageError(f"{path}: corrupt manifest ({e}); delete it to recompute the stage") from None
+
+
+def require_manifest(ctx: RunContext, stage: str, needed_by: str) -> dict:
+    manifest = read_manifest(ctx, stage)
+    if manifest is None:
+        raise StageError(
+            f"stage {needed_by!r} needs the outputs of {stage!r}, but {manifest_path(ctx, stage)} "
+            f"does not exist: run stage={stage} first (or stage=all)"
+        )
+    return manifest
+
+
+def stage_fingerprint(config_part: Any, upstream: dict[str, str]) -> str:
+    return fingerprint({"config": config_part, "upstream": upstream, "format": __version__})
+
+
+def is_up_to_date(ctx: RunContext, stage: str, fp: str) -> bool:
+    manifest = read_manifest(ctx, stage)
+    return manifest is not None and manifest.get("fingerprint") == fp
+
+
+def write_manifest(ctx: RunContext, stage: str, fp: str, config_part: Any,
+                   upstream: dict[str, str], outputs: Any, started: float) -> dict:
+    manifest = {
+        "stage": stage,
+        "fingerprint": fp,
+        "config": config_part,
+        "upstream": upstream,
+        "outputs": outputs,
+        "version": __version__,
+        "torch": torch.__version__,
+        "seconds": round(time.time() - started, 3),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(manifest_path(ctx, stage), manifest)
+    return manifest

@@ -1,0 +1,187 @@
+"""Stage ``features``: segments and their features from the infer records → a Parquet dataset.
+
+Per frame (one frame in memory at a time): read the record, resize what is stored at feature
+resolution, compute E, D, V and take the PGN and baseline maps, aggregate all of them over each
+segment (:func:`metaseg_pgn.segments.segment_features`), and write the frame's rows to
+``features/_frames/<dataset>/<frame>.parquet`` atomically. Frames already done with the same
+fingerprint are skipped, so an interrupted or killed run resumes. Finally the frames are
+concatenated in frame order into ``features/data/dataset=<name>/split=<split>/part-0.parquet``,
+so the table is byte-identical whichever executor and worker count computed the frames.
+
+Executors: ``process`` (``workers=1`` runs in this process; more use a spawn-started process
+pool) and ``dask`` (``features.scheduler=ADDRESS``, or a local cluster of ``workers`` processes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..io import fingerprint
+from ..segments import segment_features
+from ..store import read_record
+from ..table import schema_metadata, write_table
+from .common import RunContext, StageError, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+
+STAGE = "features"
+FEATURE_KINDS = ("semantic", None)  # OoD sets have 0/1 labels: no IoU target, not meta-learned
+
+
+def frame_table(record_path: str, expect: dict[str, str], void: int = 255) -> pa.Table:
+    """All segment rows of one frame as an Arrow table (without the partition columns)."""
+    record = read_record(record_path, expect)
+    probs = record.probs()
+    maps = record.pixel_maps(probs)
+    gt = record.label if record.label_kind == "semantic" else None
+    columns = segment_features(record.pred, probs, maps, gt, void=void)
+    n = len(columns["segment_id"])
+    data = {"frame_id": pa.array([record.frame_id] * n, pa.string())}
+    for name, values in columns.items():
+        data[name] = pa.array(values)
+    if gt is None:
+        data["iou"] = pa.nulls(n, pa.float64())
+        data["iou0"] = pa.nulls(n, pa.bool_())
+    return pa.table(data)
+
+
+def compute_frame(record_path: str, out_path: str, expect: dict[str, str], frame_fp: str) -> str:
+    """Compute one frame's rows and write them atomically; a no-op when already done."""
+    if _done(out_path, frame_fp):
+        return out_path
+    _single_thread()
+    table = frame_table(record_path, expect)
+    table = table.replace_schema_metadata({b"metaseg_pgn.frame_fingerprint": frame_fp.encode()})
+    write_table(out_path, table)
+    return out_path
+
+
+def _done(out_path: str, frame_fp: str) -> bool:
+    if not os.path.exists(out_path):
+        return False
+    try:
+        meta = pq.read_schema(out_path).metadata or {}
+    except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed
+        return False
+    return meta.get(b"metaseg_pgn.frame_fingerprint") == frame_fp.encode()
+
+
+def _single_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run(ctx: RunContext) -> dict:
+    started = time.time()
+    infer_manifest = require_manifest(ctx, "infer", STAGE)
+    upstream = {"infer": infer_manifest["fingerprint"]}
+    fp = stage_fingerprint({}, upstream)
+    if is_up_to_date(ctx, STAGE, fp):
+        log.info("features: up to date")
+        return {}
+    jobs, parts = [], {}
+    for key, out in infer_manifest["outputs"].items():
+        if out["label_kind"] not in FEATURE_KINDS:
+            continue
+        name, split = _name_split(ctx.cfg, key)
+        frame_dir = ctx.stage_dir(STAGE) / "_frames" / key
+        frame_fp = fingerprint({"records": out["fingerprints"], "stage": fp})
+        files = []
+        for frame_id in out["frames"]:
+            record = ctx.run_dir / out["records"] / f"{frame_id}.npz"
+            target = frame_dir / f"{frame_id}.parquet"
+            jobs.append((str(record), str(target), out["fingerprints"], frame_fp))
+            files.append(str(target))
+        parts[key] = (name, split, files)
+    if not jobs:
+        raise StageError("features: the infer stage produced no dataset with semantic labels or "
+                         "without labels; nothing to compute")
+    _execute(jobs, ctx)
+
+    outputs = {}
+    for key, (name, split, files) in parts.items():
+        target = ctx.stage_dir(STAGE) / "data" / f"dataset={name}" / f"split={split}" / "part-0.parquet"
+        rows = _concatenate(files, target, {"stage_fingerprint": fp, "dataset": name, "split": split})
+        outputs[key] = {"path": str(target.relative_to(ctx.run_dir)), "rows": rows}
+    write_manifest(ctx, STAGE, fp, {}, upstream, outputs, started)
+    return outputs
+
+
+def _name_split(cfg: dict, key: str) -> tuple[str, str]:
+    from .infer import dataset_configs
+    from .common import dataset_key
+
+    for ds_cfg in dataset_configs(cfg):
+        if dataset_key(ds_cfg) == key:
+            return ds_cfg["name"], str(ds_cfg.get("split") or ds_cfg.get("track") or "all")
+    name, _, split = key.rpartition("-")
+    return name, split
+
+
+def _execute(jobs: list[tuple], ctx: RunContext) -> None:
+    fcfg = ctx.cfg["features"]
+    workers = int(fcfg.get("workers", 1))
+    bar = tqdm(total=len(jobs), desc="features", unit="frame", disable=not ctx.progress)
+    if fcfg.get("executor", "process") == "dask":
+        _execute_dask(jobs, fcfg, workers, bar)
+    elif workers <= 1:
+        for job in jobs:
+            compute_frame(*job)
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for _ in pool.map(_compute_job, jobs, chunksize=1):
+                bar.update(1)
+    bar.close()
+
+
+def _compute_job(job: tuple) -> str:
+    return compute_frame(*job)
+
+
+def _execute_dask(jobs, fcfg, workers, bar) -> None:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise StageError("features.executor=dask needs dask.distributed: "
+                         "pip install 'metaseg-pgn[distributed]'") from None
+    address = fcfg.get("scheduler")
+    cluster = None if address else LocalCluster(n_workers=max(workers, 1), threads_per_worker=1,
+                                                processes=True, dashboard_address=None)
+    with Client(address or cluster) as client:
+        # pure=False: a task lost with a killed worker is simply run again elsewhere.
+        futures = [client.submit(compute_frame, *job, pure=False, retries=2) for job in jobs]
+        for _ in as_completed(futures):
+            bar.update(1)
+        client.gather(futures)
+    if cluster is not None:
+        cluster.close()
+
+
+def _concatenate(files: list[str], target: Path, config: dict) -> int:
+    """Frame files in order → one Parquet file, one row group per frame (bounded memory)."""
+    schema, rows = None, 0
+    from ..io import atomic_write
+
+    with atomic_write(target, "wb") as f:
+        writer = None
+        for path in files:
+            table = pq.read_table(path).replace_schema_metadata(None)
+            if writer is None:
+                schema = table.schema.with_metadata(schema_metadata(table.column_names, config))
+                writer = pq.ParquetWriter(f, schema, compression="zstd")
+            if table.schema.names != schema.names:
+                raise StageError(f"features: {path} has other columns than the first frame's "
+                                 "(records from different configurations?)")
+            writer.write_table(table.cast(schema))
+            rows += table.num_rows
+        if writer is not None:
+            writer.close()
+    return rows

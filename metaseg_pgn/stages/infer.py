@@ -1,0 +1,215 @@
+"""Stage ``infer``: run the network once per frame and write its record (see :mod:`metaseg_pgn.store`).
+
+Records are written atomically one frame at a time, so an interrupted run resumes where it stopped.
+A record is reused when its fingerprints match the configuration: ``core`` (model + dataset),
+``pgn`` (core + PGN settings), ``baselines`` (core + baseline settings). Changing a p value
+re-runs the (cheap) forward pass and PGN maps but keeps the costly MC-dropout and ensemble maps.
+Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) each rank takes every
+``WORLD_SIZE``-th missing frame and the records land in the same folders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..baselines import ensemble_maps, mc_dropout_maps
+from ..data.registry import get_dataset
+from ..io import fingerprint
+from ..models.loader import load_model
+from ..store import Record, RecordError, read_meta, read_record, relative_logits, safe_log, write_record
+from ..wrapper import PGNModel
+from .common import RunContext, StageError, dataset_key, is_up_to_date, log, stage_fingerprint, write_manifest
+
+STAGE = "infer"
+
+
+def make_dataset(ds_cfg: dict):
+    kwargs = {k: v for k, v in ds_cfg.items() if k != "name"}
+    if "size" in kwargs and kwargs["size"] is not None:
+        kwargs["size"] = tuple(kwargs["size"])
+    return get_dataset(ds_cfg["name"], **kwargs)
+
+
+def dataset_configs(cfg: dict) -> list[dict]:
+    """The evaluated dataset followed by the OoD datasets, each a dataset config mapping."""
+    return [cfg["dataset"], *cfg.get("ood_datasets", [])]
+
+
+def group_fingerprints(cfg: dict, ds_cfg: dict) -> dict[str, str]:
+    core = fingerprint({"model": cfg["model"], "dataset": ds_cfg})
+    return {
+        "core": core,
+        "pgn": fingerprint({"core": core, "pgn": cfg["pgn"]}),
+        "baselines": fingerprint({"core": core, "baselines": cfg["baselines"], "seed": cfg["seed"]}),
+    }
+
+
+def stage_config(cfg: dict) -> dict:
+    return {k: cfg[k] for k in ("dataset", "ood_datasets", "model", "pgn", "baselines", "seed")}
+
+
+def records_dir(ctx: RunContext, ds_cfg: dict) -> Path:
+    return ctx.stage_dir(STAGE) / "records" / dataset_key(ds_cfg)
+
+
+def frame_seed(seed: int, frame_id: str) -> int:
+    """A per-frame seed, so MC dropout samples do not depend on batching or sharding."""
+    return (seed * 1_000_003 + zlib.crc32(frame_id.encode())) % (2**31)
+
+
+def run(ctx: RunContext) -> dict:
+    cfg = ctx.cfg
+    started = time.time()
+    config_part = stage_config(cfg)
+    fp = stage_fingerprint(config_part, {})
+    if is_up_to_date(ctx, STAGE, fp):
+        log.info("infer: up to date")
+        return {}
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        _init_process_group()
+    device = ctx.device
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+
+    loaded = load_model(cfg["model"], device)
+    pgn = cfg["pgn"]
+    wrapper = PGNModel(loaded.model, cfg["model"].get("last_conv"), ps=tuple(pgn["ps"]),
+                       labels=tuple(pgn["labels"]), weights=pgn["weights"],
+                       resolution=pgn["resolution"], include_bias=pgn["include_bias"],
+                       deeper="deep" in pgn["layers"])
+    members = _ensemble_members(cfg, loaded, device)
+
+    outputs = {}
+    for ds_cfg in dataset_configs(cfg):
+        ds = make_dataset(ds_cfg)
+        expect = group_fingerprints(cfg, ds_cfg)
+        out_dir = records_dir(ctx, ds_cfg)
+        todo = [f for f in ds.frame_ids if _stale_groups(out_dir / f"{f}.npz", expect)]
+        mine = todo[rank::world]
+        bar = tqdm(total=len(mine), desc=f"infer {dataset_key(ds_cfg)}", unit="frame",
+                   disable=not ctx.progress)
+        for start in range(0, len(mine), int(cfg["infer"]["batch_size"])):
+            batch = [ds.load(f) for f in mine[start:start + int(cfg["infer"]["batch_size"])]]
+            for group in _same_size_groups(batch):
+                _infer_batch(group, ds, wrapper, loaded, members, cfg, expect, out_dir, device)
+            bar.update(len(batch))
+        bar.close()
+        outputs[dataset_key(ds_cfg)] = {
+            "frames": ds.frame_ids,
+            "label_kind": ds.label_kind,
+            "num_classes": ds.num_classes,
+            "fingerprints": expect,
+            "records": str(out_dir.relative_to(ctx.run_dir)),
+        }
+
+    if world > 1:
+        _barrier()
+        if rank != 0:
+            return outputs
+        missing = [f"{k}/{f}" for k, o in outputs.items() for f in o["frames"]
+                   if _stale_groups(ctx.run_dir / o["records"] / f"{f}.npz", o["fingerprints"])]
+        if missing:
+            raise StageError(f"infer: {len(missing)} records missing after all ranks finished, "
+                             f"e.g. {missing[:3]}; re-run to complete them")
+    write_manifest(ctx, STAGE, fp, config_part, {}, outputs, started)
+    return outputs
+
+
+def _stale_groups(path: Path, expect: dict[str, str]) -> set[str]:
+    if not path.exists():
+        return set(expect)
+    try:
+        have = read_meta(path)["fingerprints"]
+    except RecordError:
+        return set(expect)
+    return {g for g, fp in expect.items() if have.get(g) != fp}
+
+
+def _same_size_groups(frames):
+    groups: dict[tuple, list] = {}
+    for f in frames:
+        groups.setdefault(f.image.shape[:2], []).append(f)
+    return list(groups.values())
+
+
+def _ensemble_members(cfg, loaded, device):
+    ens = cfg["baselines"]["ensemble"]
+    if not ens.get("enabled"):
+        return []
+    if cfg["model"]["name"] == "checkpoint":
+        raise StageError("baselines.ensemble needs several trained members: it is available for "
+                         "shipped models; set baselines.ensemble.enabled=false for a checkpoint")
+    main_seed = cfg["model"].get("seed", 0)
+    return [loaded.model if s == main_seed else load_model(cfg["model"], device, seed=s).model
+            for s in ens["seeds"]]
+
+
+@torch.no_grad()
+def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, device):
+    x = loaded.preprocess([f.image for f in frames], device)
+    out = wrapper(x)
+    for i, frame in enumerate(frames):
+        if not torch.isfinite(out.logits[i]).all():
+            raise StageError(f"infer: the model output for frame {frame.frame_id!r} of "
+                             f"{ds!r} contains NaN or inf")
+    names = list(out.maps)
+    base_cfg = cfg["baselines"]
+    for i, frame in enumerate(frames):
+        path = out_dir / f"{frame.frame_id}.npz"
+        baselines = _reusable_baselines(path, expect)
+        if baselines is None:
+            baselines = _compute_baselines(loaded, members, base_cfg, x[i:i + 1], cfg["seed"], frame.frame_id)
+        record = Record(
+            frame_id=frame.frame_id,
+            pred=out.pred[i].cpu().numpy().astype(np.uint8),
+            logits=relative_logits(out.feature_logits[i]),
+            label=frame.label,
+            log_pgn=np.stack([safe_log(out.maps[n][i]) for n in names]) if names else None,
+            pgn_names=names,
+            baselines=np.stack(list(baselines.values())) if baselines else None,
+            baseline_names=list(baselines),
+            align_corners=bool(wrapper.align_corners),
+            fingerprints=expect,
+            label_kind=ds.label_kind,
+        )
+        write_record(path, record)
+
+
+def _reusable_baselines(path: Path, expect: dict[str, str]) -> dict[str, np.ndarray] | None:
+    """The baseline maps of an existing record whose core and baseline fingerprints still match."""
+    if _stale_groups(path, expect) & {"core", "baselines"}:
+        return None
+    old = read_record(path)
+    return {name: old.baselines[k] for k, name in enumerate(old.baseline_names)}
+
+
+def _compute_baselines(loaded, members, base_cfg, x, seed, frame_id) -> dict[str, np.ndarray]:
+    maps: dict[str, torch.Tensor] = {}
+    if base_cfg["mc_dropout"].get("enabled"):
+        maps.update(mc_dropout_maps(loaded.model, x, base_cfg["mc_dropout"]["samples"],
+                                    generator_seed=frame_seed(seed, frame_id)))
+    if members:
+        maps.update(ensemble_maps(members, x))
+    return {name: v[0].cpu().numpy().astype(np.float16) for name, v in maps.items()}
+
+
+def _init_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -10,8 +10,11 @@ key                 dtype, shape       content
 ``logits``          float16 (C, h, w)  last-conv logits minus their per-pixel maximum (≤ 0); the
                                        classes that matter are near 0, where float16 is precise
 ``label``           uint8 (H, W)       ground truth (only when the dataset has labels)
-``log_pgn``         float32 (K, h, w)  natural log of the K PGN maps (p = 0.1 exceeds float32),
-                                       at feature resolution (or (K, H, W) for resolution=input)
+``log_pgn``         float32 (K, h, w)  natural log of the K PGN maps (p = 0.1 exceeds float32)
+                                       minus a per-map float64 offset ``log_pgn_offset`` (K,),
+                                       so the stored residuals are small and precise (~1e-7
+                                       relative); at feature resolution, (K, H, W) for
+                                       resolution=input
 ``baselines``       float16 (M, H, W)  sampling-baseline maps (mcd_E, mcd_MI, ens_E, ens_MI)
 ``meta``            JSON string        frame id, map names, sizes, align_corners, fingerprints
 ==================  =================  ==========================================================
@@ -49,6 +52,7 @@ class Record:
     logits: np.ndarray
     label: np.ndarray | None = None
     log_pgn: np.ndarray | None = None
+    log_pgn_offset: np.ndarray | None = None
     pgn_names: list[str] = field(default_factory=list)
     baselines: np.ndarray | None = None
     baseline_names: list[str] = field(default_factory=list)
@@ -76,7 +80,10 @@ class Record:
         if self.log_pgn is None or not self.pgn_names:
             return {}
         size = self.size if size is None else size
-        values = torch.from_numpy(np.exp(self.log_pgn.astype(np.float64)))[None]
+        logs = self.log_pgn.astype(np.float64)
+        offset = np.zeros(len(logs)) if self.log_pgn_offset is None else self.log_pgn_offset
+        values = np.where(logs > LOG_ZERO / 2, np.exp(logs + offset[:, None, None]), 0.0)
+        values = torch.from_numpy(values)[None]
         if values.shape[-2:] != tuple(size):
             values = F.interpolate(values, size=size, mode="bilinear", align_corners=self.align_corners)
         return {name: values[0, k].numpy() for k, name in enumerate(self.pgn_names)}
@@ -101,11 +108,18 @@ def relative_logits(logits: torch.Tensor) -> np.ndarray:
     return (z - z.max(dim=0, keepdim=True).values).cpu().numpy().astype(np.float16)
 
 
-def safe_log(values: torch.Tensor) -> np.ndarray:
-    """float64 maps ≥ 0 → float32 natural logs, with 0 stored as :data:`LOG_ZERO`."""
-    v = values.detach().to(torch.float64)
-    out = torch.where(v > 0, torch.log(v.clamp_min(1e-300)), torch.full_like(v, LOG_ZERO))
-    return out.cpu().numpy().astype(np.float32)
+def encode_logs(maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(K, h, w) float64 maps ≥ 0 → (float32 log residuals, float64 per-map offsets).
+
+    ``value = exp(residual + offset)``; zeros are stored as :data:`LOG_ZERO` (no offset added).
+    """
+    v = maps.detach().to(torch.float64).cpu()
+    positive = v > 0
+    logs = torch.log(v.clamp_min(1e-300))
+    counts = positive.flatten(1).sum(1).clamp_min(1)
+    offset = torch.where(positive, logs, torch.zeros_like(logs)).flatten(1).sum(1) / counts
+    residual = torch.where(positive, logs - offset[:, None, None], torch.full_like(logs, LOG_ZERO))
+    return residual.numpy().astype(np.float32), offset.numpy()
 
 
 def write_record(path: str | Path, record: Record) -> None:
@@ -115,6 +129,7 @@ def write_record(path: str | Path, record: Record) -> None:
         arrays["label"] = record.label.astype(np.uint8)
     if record.log_pgn is not None:
         arrays["log_pgn"] = record.log_pgn
+        arrays["log_pgn_offset"] = record.log_pgn_offset
     if record.baselines is not None:
         arrays["baselines"] = record.baselines
     meta = {
@@ -158,6 +173,7 @@ def read_record(path: str | Path, expect: dict[str, str] | None = None) -> Recor
         logits=arrays["logits"],
         label=arrays.get("label"),
         log_pgn=arrays.get("log_pgn"),
+        log_pgn_offset=arrays.get("log_pgn_offset"),
         pgn_names=meta["pgn_names"],
         baselines=arrays.get("baselines"),
         baseline_names=meta["baseline_names"],

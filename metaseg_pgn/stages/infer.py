@@ -23,7 +23,7 @@ from ..baselines import ensemble_maps, mc_dropout_maps
 from ..data.registry import get_dataset
 from ..io import fingerprint
 from ..models.loader import load_model
-from ..store import Record, RecordError, read_meta, read_record, relative_logits, safe_log, write_record
+from ..store import Record, RecordError, read_meta, read_record, relative_logits, encode_logs, write_record
 from ..wrapper import PGNModel
 from .common import RunContext, StageError, dataset_key, is_up_to_date, log, stage_fingerprint, write_manifest
 
@@ -161,6 +161,7 @@ def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, dev
             raise StageError(f"infer: the model output for frame {frame.frame_id!r} of "
                              f"{ds!r} contains NaN or inf")
     names = list(out.maps)
+    stacked = torch.stack([out.maps[n] for n in names], dim=1) if names else None  # (B, K, h, w)
     base_cfg = cfg["baselines"]
     for i, frame in enumerate(frames):
         path = out_dir / f"{frame.frame_id}.npz"
@@ -172,7 +173,7 @@ def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, dev
             pred=out.pred[i].cpu().numpy().astype(np.uint8),
             logits=relative_logits(out.feature_logits[i]),
             label=frame.label,
-            log_pgn=np.stack([safe_log(out.maps[n][i]) for n in names]) if names else None,
+            **_pgn_fields(stacked, i),
             pgn_names=names,
             baselines=np.stack(list(baselines.values())) if baselines else None,
             baseline_names=list(baselines),
@@ -181,6 +182,13 @@ def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, dev
             label_kind=ds.label_kind,
         )
         write_record(path, record)
+
+
+def _pgn_fields(stacked: torch.Tensor | None, i: int) -> dict:
+    if stacked is None:
+        return {"log_pgn": None, "log_pgn_offset": None}
+    residual, offset = encode_logs(stacked[i])
+    return {"log_pgn": residual, "log_pgn_offset": offset}
 
 
 def _reusable_baselines(path: Path, expect: dict[str, str]) -> dict[str, np.ndarray] | None:

@@ -411,3 +411,17 @@ def test_bad_arguments(table):
         meta.evaluate(table, ["entropy", meta.FeatureSet.from_patterns("entropy", "E_.*")])
     with pytest.raises(ValueError, match="not numeric"):
         meta.evaluate(table.assign(E_mean=table["E_mean"].astype(str)), ["entropy"])
+
+
+def test_single_class_test_part_gives_nan_auroc_with_reason(table):
+    # Two IoU-0 segments, both in the training part of run 0 (the split drawn plainly here).
+    train, test = train_test_split(np.arange(len(table)), test_size=0.2, random_state=0)
+    iou = np.clip(table["iou"].to_numpy(), 0.05, 1)
+    iou[train[:2]] = 0.0
+    rare = table.assign(iou=iou, iou0=iou == 0)
+    results = meta.evaluate(rare, ["entropy"], protocol="pgn_authors", n_runs=1)
+    tr = results[results.part == "train"].iloc[0]
+    te = results[results.part == "test"].iloc[0]
+    assert not math.isnan(tr["auroc"]) and tr["note"] == ""
+    assert math.isnan(te["auroc"]) and "AuROC undefined: test part of run 0 has only iou0=False" in te["note"]
+    assert not math.isnan(te["accuracy"]) and te["iou0_rate"] == 0.0

@@ -55,8 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "features": {"workers": 1, "executor": "process", "scheduler": None},
     "meta": {
         "protocol": "grouped",  # grouped | pgn_authors | metaseg
-        "n_runs": 5,
-        "test_size": 0.2,
+        "n_runs": None,  # None: the protocol's own (grouped 5, pgn_authors 5, metaseg 10)
+        "test_size": None,  # None: the protocol's own (grouped 0.2, pgn_authors 0.2, metaseg 0.5)
         "min_inner": False,
         "standardize": "train",
         "feature_sets": "auto",  # auto: every built-in set whose columns exist

@@ -1,0 +1,69 @@
+"""Stage ``meta``: meta classification (IoU = 0) and regression (IoU) per feature set.
+
+Reads only the columns the feature sets need from the Parquet table of the evaluated dataset and
+writes ``meta/meta_results.csv`` (every run, train and test), ``meta/meta_summary.{csv,json}``
+(mean ± std) and ``meta/meta_predictions.csv`` (test part of run 0, for the report's figures).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ..meta import NON_FEATURE_COLUMNS, FeatureSet, evaluate, resolve_feature_sets, summarise, write_results
+from ..table import read_features
+from .common import RunContext, StageError, dataset_key, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+
+STAGE = "meta"
+
+
+def feature_sets_from_config(mcfg: dict) -> list:
+    sets: list = []
+    chosen = mcfg.get("feature_sets", "auto")
+    if chosen not in (None, "auto"):
+        sets.extend([chosen] if isinstance(chosen, str) else list(chosen))
+    for name, patterns in (mcfg.get("custom_feature_sets") or {}).items():
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        sets.append(FeatureSet.from_patterns(name, *patterns))
+    return sets
+
+
+def run(ctx: RunContext) -> dict:
+    started = time.time()
+    fman = require_manifest(ctx, "features", STAGE)
+    upstream = {"features": fman["fingerprint"]}
+    mcfg = dict(ctx.cfg["meta"])
+    config_part = {"meta": mcfg, "seed": ctx.cfg["seed"]}
+    fp = stage_fingerprint(config_part, upstream)
+    if is_up_to_date(ctx, STAGE, fp):
+        log.info("meta: up to date")
+        return {}
+    key = dataset_key(ctx.cfg["dataset"])
+    if key not in fman["outputs"]:
+        raise StageError(f"meta: the feature table has no part for the evaluated dataset {key!r}")
+    path = ctx.run_dir / fman["outputs"][key]["path"]
+
+    # Resolve the feature sets on the schema alone, then read only the columns they need.
+    names = pq.read_schema(path).names
+    empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in names})
+    sets = feature_sets_from_config(mcfg)
+    resolved = resolve_feature_sets(empty, sets or None)
+    needed = sorted({c for _, cols in resolved for c in cols} | (set(NON_FEATURE_COLUMNS) & set(names)) | {"S_in"})
+    df = read_features(path, columns=[c for c in names if c in needed])
+    try:
+        results, predictions = evaluate(
+            df, [s for s, _ in resolved], protocol=mcfg["protocol"], n_runs=mcfg.get("n_runs"),
+            seed=int(ctx.cfg["seed"]), test_size=mcfg.get("test_size"), min_inner=bool(mcfg["min_inner"]),
+            standardize=mcfg["standardize"], source=str(path), return_predictions=True)
+    except ValueError as e:
+        raise StageError(f"meta: {e}") from None
+    summary = summarise(results)
+    files = write_results(results, summary, ctx.stage_dir(STAGE), predictions,
+                          metadata={"table": str(path), "segments": len(df), "config": config_part})
+    log.info("meta: %d feature sets, %d segments\n%s", len(resolved), len(df),
+             summary[["feature_set", "auroc_test_mean", "r2_test_mean"]].to_string(index=False))
+    outputs = {k: str(v.relative_to(ctx.run_dir)) for k, v in files.items()}
+    write_manifest(ctx, STAGE, fp, config_part, upstream, outputs, started)
+    return outputs

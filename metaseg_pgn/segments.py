@@ -1,0 +1,415 @@
+"""Connected segments of a prediction, their inner/boundary pixels, MetaSeg's IoU_adj and features.
+
+Definitions (DESIGN.md §3, reproducing MetaSeg's extractor):
+
+- The prediction is voided (set to ``void``) where the ground truth is ``void``. Segments are the
+  8-connected components of each predicted class in the voided prediction, numbered 1, 2, ... in
+  raster order of each segment's first pixel; void pixels belong to no segment (label 0).
+- A segment pixel is a *boundary* pixel if one of its in-image 8-neighbours has a different voided
+  prediction (void included), otherwise it is *inner*. The image border makes no pixel a boundary
+  pixel; a segment filling the image has no boundary pixel.
+- ``IoU_adj(k) = I / (|k| + |A_k|)`` for a segment k of class c, with ``I`` the pixels of k whose
+  ground truth is c and ``A_k`` the union of the 8-connected components of
+  ``{gt == c and prediction != c}`` that touch k (8-neighbourhood).
+
+Everything is vectorised: one labelling pass per partition and ``np.bincount`` over one flat region
+index (``2·segment + is_boundary``) shared by all maps; variances are two-pass in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from skimage.measure import label as _sk_label
+
+__all__ = ["label_segments", "boundary_mask", "adjusted_iou", "segment_features", "map_columns"]
+
+# The 8 neighbour offsets (dy, dx).
+_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+_MAP_SUFFIXES = (
+    "mean", "in_mean", "bd_mean", "rel", "rel_in",
+    "var", "in_var", "bd_var", "var_rel", "var_rel_in",
+)
+
+
+def map_columns(name: str) -> list[str]:
+    """Column names that :func:`segment_features` produces for the pixel map ``name``.
+
+    Parameters
+    ----------
+    name : str
+        Map name, e.g. ``"E"`` or ``"pgn_last_oh_p0_5"``.
+
+    Returns
+    -------
+    list of str
+        ``[f"{name}_mean", f"{name}_in_mean", f"{name}_bd_mean", f"{name}_rel", f"{name}_rel_in",
+        f"{name}_var", f"{name}_in_var", f"{name}_bd_var", f"{name}_var_rel", f"{name}_var_rel_in"]``.
+    """
+    return [f"{name}_{suffix}" for suffix in _MAP_SUFFIXES]
+
+
+# --------------------------------------------------------------------------------------------
+# Segments
+# --------------------------------------------------------------------------------------------
+
+
+def _check_label_image(arr: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must have shape (H, W), got {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise ValueError(f"{what} must hold integer class ids, got dtype {arr.dtype}")
+    return arr
+
+
+def _voided_prediction(pred: np.ndarray, gt: np.ndarray | None, void: int) -> np.ndarray:
+    """The prediction with ``void`` where the ground truth is void, in a compact integer dtype."""
+    pred = _check_label_image(pred, "pred")
+    if gt is not None:
+        gt = _check_label_image(gt, "gt")
+        if gt.shape != pred.shape:
+            raise ValueError(f"gt has shape {gt.shape}, pred has shape {pred.shape}")
+    lo, hi = int(pred.min(initial=0)), int(pred.max(initial=0))
+    lo, hi = min(lo, void), max(hi, void)
+    dtype = np.uint8 if lo >= 0 and hi <= 255 else np.int32 if -(2**31) <= lo and hi < 2**31 else np.int64
+    voided = pred.astype(dtype, copy=True)
+    if gt is not None:
+        voided[gt == void] = void
+    return voided
+
+
+def _raster_ordered(labels: np.ndarray, n: int) -> np.ndarray:
+    """Renumber labels 1..n in raster order of each label's first pixel (0 stays 0)."""
+    flat = labels.ravel()
+    if n == 0:
+        return labels
+    running_max = np.maximum.accumulate(flat)
+    # Raster ordered iff every label is at most one more than every label seen before it.
+    if flat[0] <= 1 and bool(np.all(flat[1:] <= running_max[:-1] + 1)):
+        return labels
+    first = np.full(n + 1, flat.size, dtype=np.int64)
+    np.minimum.at(first, flat, np.arange(flat.size, dtype=np.int64))
+    order = np.argsort(first[1:], kind="stable")
+    remap = np.zeros(n + 1, dtype=labels.dtype)
+    remap[1 + order] = np.arange(1, n + 1, dtype=labels.dtype)
+    return remap[labels]
+
+
+def _label_voided(voided: np.ndarray, void: int) -> tuple[np.ndarray, int]:
+    labels, n = _sk_label(voided, background=void, connectivity=2, return_num=True)
+    if n >= 2**31 - 1:
+        raise ValueError(f"too many segments for int32 labels: {n}")
+    labels = _raster_ordered(labels.astype(np.int32, copy=False), int(n))
+    return labels, int(n)
+
+
+def label_segments(pred: np.ndarray, gt: np.ndarray | None = None, void: int = 255) -> tuple[np.ndarray, int]:
+    """Connected segments of the (voided) prediction.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray, shape (H, W), integer
+        Predicted class per pixel. Pixels equal to ``void`` belong to no segment.
+    gt : numpy.ndarray, shape (H, W), integer, optional
+        Ground truth; where it equals ``void`` the prediction is voided. Without it nothing is voided.
+    void : int
+        The void label.
+
+    Returns
+    -------
+    segments : numpy.ndarray, shape (H, W), int32
+        0 for void pixels, otherwise the segment id 1..n: 8-connected components of each predicted
+        class, numbered in raster order of each segment's first pixel.
+    n : int
+        Number of segments.
+    """
+    return _label_voided(_voided_prediction(pred, gt, void), void)
+
+
+def _boundary(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Pixels of ``inside`` with an in-image 8-neighbour whose value differs."""
+    bd = np.zeros(values.shape, dtype=bool)
+    pairs = (
+        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),  # horizontal
+        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),  # vertical
+        ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),  # diagonal
+        ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),  # anti-diagonal
+    )
+    for a, b in pairs:
+        differ = values[a] != values[b]
+        bd[a] |= differ
+        bd[b] |= differ
+    bd &= inside
+    return bd
+
+
+def boundary_mask(segments: np.ndarray) -> np.ndarray:
+    """Boundary pixels of the segments.
+
+    Parameters
+    ----------
+    segments : numpy.ndarray, shape (H, W), integer
+        Segment ids as returned by :func:`label_segments` (0 = no segment).
+
+    Returns
+    -------
+    numpy.ndarray, shape (H, W), bool
+        True for a segment pixel with an in-image 8-neighbour in another segment or in no segment
+        (as 8-connected components of the voided prediction, this is the same as "a neighbour with
+        a different voided prediction"). False for inner pixels and for pixels of no segment.
+    """
+    segments = _check_label_image(segments, "segments")
+    return _boundary(segments, segments > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# IoU_adj
+# --------------------------------------------------------------------------------------------
+
+
+def _adjusted_iou(
+    seg_flat: np.ndarray,
+    n: int,
+    sizes: np.ndarray,
+    voided: np.ndarray,
+    gt: np.ndarray,
+    bd_index: np.ndarray,
+    void: int,
+) -> np.ndarray:
+    """IoU_adj from precomputed pieces.
+
+    ``seg_flat`` (H·W,) intp segment ids, ``sizes`` (n+1,) pixel counts per id, ``voided`` (H, W)
+    voided prediction, ``gt`` (H, W), ``bd_index`` flat indices of the boundary pixels.
+    """
+    height, width = gt.shape
+    gt_flat = gt.ravel()
+    vo_flat = voided.ravel()
+    # I: segment pixels whose ground truth is the segment's class (void pixels fall in bin 0).
+    inter = np.bincount(seg_flat[gt_flat == vo_flat], minlength=n + 1)
+
+    # Components of {gt == c and prediction != c}, all classes c in one labelling pass.
+    missed = (gt_flat != vo_flat) & (gt_flat != void)
+    gt_missed = np.where(missed.reshape(gt.shape), gt, void)
+    mlabels, n_missed = _sk_label(gt_missed, background=void, connectivity=2, return_num=True)
+    m_flat = mlabels.ravel()
+    missed_sizes = np.bincount(m_flat, minlength=n_missed + 1)
+
+    # A missed component touches segment k iff one of k's boundary pixels has a neighbour in it
+    # whose ground truth is k's class (a neighbour with prediction != c makes the pixel boundary).
+    rows, cols = np.divmod(bd_index, width)
+    keys = []
+    for dy, dx in _OFFSETS:
+        ok = (rows + dy >= 0) & (rows + dy < height) & (cols + dx >= 0) & (cols + dx < width)
+        q = bd_index[ok]
+        p = q + (dy * width + dx)
+        r = m_flat[p]
+        hit = (r > 0) & (gt_flat[p] == vo_flat[q])
+        keys.append(seg_flat[q[hit]].astype(np.int64) * (n_missed + 1) + r[hit])
+    keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    seg_of_pair, comp_of_pair = np.divmod(keys, n_missed + 1)
+    added = np.bincount(seg_of_pair, weights=missed_sizes[comp_of_pair], minlength=n + 1)
+
+    return inter[1:] / (sizes[1:] + added[1:])
+
+
+def adjusted_iou(segments: np.ndarray, pred: np.ndarray, gt: np.ndarray, *, void: int = 255) -> np.ndarray:
+    """MetaSeg's adjusted IoU of every segment.
+
+    Parameters
+    ----------
+    segments : numpy.ndarray, shape (H, W), integer
+        Segment ids from :func:`label_segments` computed with the same ``gt`` and ``void``.
+    pred : numpy.ndarray, shape (H, W), integer
+        The prediction (voided or not: the two agree wherever the result depends on them).
+    gt : numpy.ndarray, shape (H, W), integer
+        Ground truth, ``void`` = no label.
+    void : int
+        The void label.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), float64
+        ``IoU_adj`` of segments 1..n: ``I / (|k| + |A_k|)`` with ``I`` the pixels of segment k whose
+        ground truth is k's class c and ``A_k`` the union of the 8-connected components of
+        ``{gt == c and pred != c}`` that touch k. Values in [0, 1].
+    """
+    segments = _check_label_image(segments, "segments")
+    voided = _voided_prediction(pred, gt, void)
+    if segments.shape != voided.shape:
+        raise ValueError(f"segments has shape {segments.shape}, pred has shape {voided.shape}")
+    n = int(segments.max(initial=0))
+    seg_flat = segments.ravel().astype(np.intp)
+    sizes = np.bincount(seg_flat, minlength=n + 1)
+    bd_index = np.flatnonzero(boundary_mask(segments))
+    return _adjusted_iou(seg_flat, n, sizes, voided, np.asarray(gt), bd_index, void)
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------
+
+
+def _map_aggregates(
+    m: np.ndarray, region: np.ndarray, reg_count: np.ndarray, buf: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Means and population variances of a map over each segment, its inner and boundary part.
+
+    ``m`` (H, W) map, ``region`` (H·W,) intp region index ``2·segment + is_boundary``, ``reg_count``
+    (2n+2,) int64 pixels per region, ``buf`` (H·W,) float64 scratch. Returns six (n,) float64
+    arrays: mean, inner mean, boundary mean, variance, inner variance, boundary variance (mean and
+    variance of an empty region are 0).
+    """
+    x = np.asarray(m, dtype=np.float64).ravel()
+    reg_div = np.maximum(reg_count, 1).astype(np.float64)
+    reg_mean = np.bincount(region, weights=x, minlength=reg_count.size) / reg_div
+    # Two-pass variance: squared deviations from each region's own mean (not E[x²] - E[x]²).
+    np.take(reg_mean, region, out=buf)
+    np.subtract(x, buf, out=buf)
+    np.square(buf, out=buf)
+    reg_var = np.bincount(region, weights=buf, minlength=reg_count.size) / reg_div
+    n_in, n_bd = reg_count[2::2], reg_count[3::2]
+    mean_in, mean_bd = reg_mean[2::2], reg_mean[3::2]
+    var_in, var_bd = reg_var[2::2], reg_var[3::2]
+    size = np.maximum(n_in + n_bd, 1)
+    mean = (n_in * mean_in + n_bd * mean_bd) / size
+    # The segment's variance from its two parts about their own means (no cancellation).
+    var = (n_in * (var_in + (mean_in - mean) ** 2) + n_bd * (var_bd + (mean_bd - mean) ** 2)) / size
+    return mean, mean_in, mean_bd, var, var_in, var_bd
+
+
+def segment_features(
+    pred: np.ndarray,
+    probs: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    gt: np.ndarray | None = None,
+    *,
+    void: int = 255,
+) -> pd.DataFrame:
+    """MetaSeg-style per-segment features of one frame.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray, shape (H, W), integer
+        Predicted class per pixel (usually ``probs.argmax(0)``), values in 0..C-1 (or ``void``).
+    probs : numpy.ndarray, shape (C, H, W), float
+        Softmax probabilities (float32 or float64); their segment means give ``cprob_{c}``.
+    maps : mapping of str to numpy.ndarray, shape (H, W), float
+        Pixel maps to aggregate, e.g. ``E``, ``D``, ``V`` and PGN maps (float32 or float64; values
+        may be huge, e.g. 1e30, but must be finite). Columns follow the mapping's order.
+    gt : numpy.ndarray, shape (H, W), integer, optional
+        Ground truth. Voids the prediction where it is ``void`` and gives the targets.
+    void : int
+        The void label.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per segment, in segment id order, with the columns (dtypes)
+
+        - ``segment_id`` (int32): 1..n in raster order of each segment's first pixel,
+        - ``pred_class`` (int16),
+        - ``S``, ``S_in``, ``S_bd`` (int64), ``S_rel = S/max(S_bd, 1)``,
+          ``S_rel_in = S_in/max(S_bd, 1)`` (float64),
+        - ``centroid_y``, ``centroid_x`` (float64): mean row / column of the segment's pixels,
+        - for every map ``m`` (float64), see :func:`map_columns`: ``m_mean``, ``m_in_mean``,
+          ``m_bd_mean``, ``m_rel = m_mean·S_rel``, ``m_rel_in = m_in_mean·S_rel_in``, the population
+          variances ``m_var``, ``m_in_var``, ``m_bd_var``, ``m_var_rel = m_var·S_rel``,
+          ``m_var_rel_in = m_in_var·S_rel_in``; an empty region (no inner or no boundary pixel)
+          has mean and variance 0,
+        - ``cprob_0`` .. ``cprob_{C-1}`` (float64): mean probability of each class,
+        - ``iou`` (float64, MetaSeg's IoU_adj) and ``iou0`` (bool, ``iou == 0``). Without ``gt``
+          both are all-missing, with pandas' nullable dtypes ``Float64`` and ``boolean``, so that
+          ``pyarrow.Table.from_pandas`` gives the same Arrow types (double, bool) holding nulls.
+
+        The caller adds ``dataset``, ``split`` and ``frame_id``. All segments are kept (also those
+        without inner pixels). No value is NaN or inf.
+
+    Raises
+    ------
+    ValueError
+        On inconsistent shapes, non-integer labels, map names whose columns collide, or inputs
+        whose aggregates are not finite (NaN/inf in a map, or variances beyond float64).
+    """
+    pred = _check_label_image(pred, "pred")
+    height, width = pred.shape
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[1:] != pred.shape:
+        raise ValueError(f"probs must have shape (C, {height}, {width}), got {probs.shape}")
+    n_classes = probs.shape[0]
+    for name, m in maps.items():
+        if np.shape(m) != pred.shape:
+            raise ValueError(f"map {name!r} has shape {np.shape(m)}, expected {pred.shape}")
+
+    voided = _voided_prediction(pred, gt, void)
+    segments, n = _label_voided(voided, void)
+    inside = voided != void
+    bd = _boundary(voided, inside)
+
+    seg_flat = segments.ravel().astype(np.intp)
+    bd_flat = bd.ravel()
+    # One region index for all aggregations: 2k = inner pixels of k, 2k+1 = boundary pixels of k
+    # (k = 0: void, discarded).
+    region = seg_flat * 2
+    region += bd_flat
+    n_regions = 2 * (n + 1)
+    reg_count = np.bincount(region, minlength=n_regions)
+    s_in = reg_count[2::2]
+    s_bd = reg_count[3::2]
+    size = s_in + s_bd
+    size_div = np.maximum(size, 1).astype(np.float64)
+    bd_div = np.maximum(s_bd, 1).astype(np.float64)
+    s_rel = size / bd_div
+    s_rel_in = s_in / bd_div
+
+    seg_class = np.zeros(n + 1, dtype=voided.dtype)
+    seg_class[seg_flat] = voided.ravel()  # all pixels of a segment share its class
+
+    cols: dict[str, np.ndarray] = {
+        "segment_id": np.arange(1, n + 1, dtype=np.int32),
+        "pred_class": seg_class[1:].astype(np.int16),
+        "S": size.astype(np.int64),
+        "S_in": s_in.astype(np.int64),
+        "S_bd": s_bd.astype(np.int64),
+        "S_rel": s_rel,
+        "S_rel_in": s_rel_in,
+    }
+    row_sum = np.bincount(seg_flat, weights=np.repeat(np.arange(height, dtype=np.float64), width), minlength=n + 1)
+    col_sum = np.bincount(seg_flat, weights=np.tile(np.arange(width, dtype=np.float64), height), minlength=n + 1)
+    cols["centroid_y"] = row_sum[1:] / size_div
+    cols["centroid_x"] = col_sum[1:] / size_div
+
+    gathered = np.empty(height * width, dtype=np.float64)
+    for name, m in maps.items():
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the check below
+            values = _map_aggregates(m, region, reg_count, gathered)
+        mean, mean_in, mean_bd, var, var_in, var_bd = values
+        values = (mean, mean_in, mean_bd, mean * s_rel, mean_in * s_rel_in,
+                  var, var_in, var_bd, var * s_rel, var_in * s_rel_in)
+        for col, v in zip(map_columns(name), values):
+            if col in cols:
+                raise ValueError(f"map {name!r} gives column {col!r}, which already exists")
+            cols[col] = v
+
+    for c in range(n_classes):
+        col = f"cprob_{c}"
+        if col in cols:
+            raise ValueError(f"column {col!r} already exists (from a map name)")
+        cols[col] = np.bincount(seg_flat, weights=probs[c].ravel(), minlength=n + 1)[1:] / size_div
+
+    for col, v in cols.items():
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise ValueError(f"column {col!r} is not finite: the input holds NaN/inf or exceeds float64")
+
+    if gt is not None:
+        iou = _adjusted_iou(seg_flat, n, np.concatenate(([0], size)), voided, np.asarray(gt),
+                            np.flatnonzero(bd_flat), void)
+        cols["iou"] = iou
+        cols["iou0"] = iou == 0
+    else:
+        cols["iou"] = pd.array([None] * n, dtype="Float64")
+        cols["iou0"] = pd.array([None] * n, dtype="boolean")
+    return pd.DataFrame(cols, copy=False)

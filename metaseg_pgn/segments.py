@@ -12,8 +12,12 @@ Definitions (DESIGN.md §3, reproducing MetaSeg's extractor):
   ground truth is c and ``A_k`` the union of the 8-connected components of
   ``{gt == c and prediction != c}`` that touch k (8-neighbourhood).
 
-Everything is vectorised: one labelling pass per partition and ``np.bincount`` over one flat region
-index (``2·segment + is_boundary``) shared by all maps; variances are two-pass in float64.
+Everything is vectorised: one labelling pass for the segments (and one for the regions missed by
+the prediction, for IoU_adj). The features are sums over the runs of constant region
+(``2·segment + is_boundary``) along the image rows, shared by all maps: ``np.add.reduceat`` over each
+map (one sequential pass, float64), then ``np.bincount`` over the few runs. Variances are two-pass
+(squared deviations from each region's own mean) in float64, so PGN values of 1e30 and far beyond
+are safe; a result that is still not finite raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def _check_label_image(arr: np.ndarray, what: str) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim != 2:
         raise ValueError(f"{what} must have shape (H, W), got {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{what} is empty: shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise ValueError(f"{what} must hold integer class ids, got dtype {arr.dtype}")
     return arr
@@ -82,29 +88,47 @@ def _voided_prediction(pred: np.ndarray, gt: np.ndarray | None, void: int) -> np
     return voided
 
 
+def _runs(code: np.ndarray) -> np.ndarray:
+    """Starts of the runs of equal values along the rows of ``code`` (H, W): (R,) intp flat indices.
+
+    Runs are maximal, never cross a row end and come in raster order.
+    """
+    width = code.shape[1]
+    flat = code.ravel()
+    change = flat[1:] != flat[:-1]
+    change[width - 1 :: width] = True
+    starts = np.empty(np.count_nonzero(change) + 1, dtype=np.intp)
+    starts[0] = 0
+    np.add(np.flatnonzero(change), 1, out=starts[1:])
+    return starts
+
+
+def _raster_remap(labels_in_order: np.ndarray, n: int) -> np.ndarray:
+    """Renumbering that puts labels 1..n in order of first appearance.
+
+    ``labels_in_order`` holds labels 0..n (0 = none) in raster order (e.g. one per run). Returns an
+    (n+1,) intp array ``remap`` with ``remap[0] = 0`` and ``remap[label]`` = its rank by first
+    appearance (1-based).
+    """
+    first = np.full(n + 1, labels_in_order.size, dtype=np.int64)
+    np.minimum.at(first, labels_in_order, np.arange(labels_in_order.size, dtype=np.int64))
+    remap = np.zeros(n + 1, dtype=np.intp)
+    remap[1 + np.argsort(first[1:], kind="stable")] = np.arange(1, n + 1)
+    return remap
+
+
 def _raster_ordered(labels: np.ndarray, n: int) -> np.ndarray:
-    """Renumber labels 1..n in raster order of each label's first pixel (0 stays 0)."""
-    flat = labels.ravel()
-    if n == 0:
-        return labels
-    running_max = np.maximum.accumulate(flat)
-    # Raster ordered iff every label is at most one more than every label seen before it.
-    if flat[0] <= 1 and bool(np.all(flat[1:] <= running_max[:-1] + 1)):
-        return labels
-    first = np.full(n + 1, flat.size, dtype=np.int64)
-    np.minimum.at(first, flat, np.arange(flat.size, dtype=np.int64))
-    order = np.argsort(first[1:], kind="stable")
-    remap = np.zeros(n + 1, dtype=labels.dtype)
-    remap[1 + order] = np.arange(1, n + 1, dtype=labels.dtype)
-    return remap[labels]
+    """Renumber labels (H, W) 1..n in raster order of each label's first pixel (0 stays 0)."""
+    remap = _raster_remap(labels.ravel()[_runs(labels)], n)
+    return remap.astype(labels.dtype)[labels]
 
 
 def _label_voided(voided: np.ndarray, void: int) -> tuple[np.ndarray, int]:
+    """skimage's labelling of the voided prediction, int32, in skimage's order."""
     labels, n = _sk_label(voided, background=void, connectivity=2, return_num=True)
-    if n >= 2**31 - 1:
-        raise ValueError(f"too many segments for int32 labels: {n}")
-    labels = _raster_ordered(labels.astype(np.int32, copy=False), int(n))
-    return labels, int(n)
+    if n >= 2**30:
+        raise ValueError(f"too many segments: {n}")
+    return labels.astype(np.int32, copy=False), int(n)
 
 
 def label_segments(pred: np.ndarray, gt: np.ndarray | None = None, void: int = 255) -> tuple[np.ndarray, int]:
@@ -127,7 +151,8 @@ def label_segments(pred: np.ndarray, gt: np.ndarray | None = None, void: int = 2
     n : int
         Number of segments.
     """
-    return _label_voided(_voided_prediction(pred, gt, void), void)
+    labels, n = _label_voided(_voided_prediction(pred, gt, void), void)
+    return _raster_ordered(labels, n), n
 
 
 def _boundary(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -172,24 +197,23 @@ def boundary_mask(segments: np.ndarray) -> np.ndarray:
 
 
 def _adjusted_iou(
-    seg_flat: np.ndarray,
-    n: int,
+    inter: np.ndarray,
     sizes: np.ndarray,
     voided: np.ndarray,
     gt: np.ndarray,
     bd_index: np.ndarray,
+    bd_segment: np.ndarray,
     void: int,
 ) -> np.ndarray:
     """IoU_adj from precomputed pieces.
 
-    ``seg_flat`` (H·W,) intp segment ids, ``sizes`` (n+1,) pixel counts per id, ``voided`` (H, W)
-    voided prediction, ``gt`` (H, W), ``bd_index`` flat indices of the boundary pixels.
+    ``inter``, ``sizes`` (n+1,): per segment id, the pixels whose ground truth is the segment's
+    class and all pixels; ``voided``, ``gt`` (H, W); ``bd_index`` (B,) flat indices of the boundary
+    pixels and ``bd_segment`` (B,) their segment ids. Returns (n,) float64.
     """
     height, width = gt.shape
     gt_flat = gt.ravel()
     vo_flat = voided.ravel()
-    # I: segment pixels whose ground truth is the segment's class (void pixels fall in bin 0).
-    inter = np.bincount(seg_flat[gt_flat == vo_flat], minlength=n + 1)
 
     # Components of {gt == c and prediction != c}, all classes c in one labelling pass.
     missed = (gt_flat != vo_flat) & (gt_flat != void)
@@ -201,17 +225,17 @@ def _adjusted_iou(
     # A missed component touches segment k iff one of k's boundary pixels has a neighbour in it
     # whose ground truth is k's class (a neighbour with prediction != c makes the pixel boundary).
     rows, cols = np.divmod(bd_index, width)
-    keys = []
+    keys = [np.zeros(0, dtype=np.int64)]
     for dy, dx in _OFFSETS:
         ok = (rows + dy >= 0) & (rows + dy < height) & (cols + dx >= 0) & (cols + dx < width)
         q = bd_index[ok]
         p = q + (dy * width + dx)
         r = m_flat[p]
         hit = (r > 0) & (gt_flat[p] == vo_flat[q])
-        keys.append(seg_flat[q[hit]].astype(np.int64) * (n_missed + 1) + r[hit])
-    keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        keys.append(bd_segment[ok][hit].astype(np.int64) * (n_missed + 1) + r[hit])
+    keys = np.unique(np.concatenate(keys))
     seg_of_pair, comp_of_pair = np.divmod(keys, n_missed + 1)
-    added = np.bincount(seg_of_pair, weights=missed_sizes[comp_of_pair], minlength=n + 1)
+    added = np.bincount(seg_of_pair, weights=missed_sizes[comp_of_pair], minlength=sizes.size)
 
     return inter[1:] / (sizes[1:] + added[1:])
 
@@ -241,11 +265,13 @@ def adjusted_iou(segments: np.ndarray, pred: np.ndarray, gt: np.ndarray, *, void
     voided = _voided_prediction(pred, gt, void)
     if segments.shape != voided.shape:
         raise ValueError(f"segments has shape {segments.shape}, pred has shape {voided.shape}")
+    gt = np.asarray(gt)
     n = int(segments.max(initial=0))
-    seg_flat = segments.ravel().astype(np.intp)
+    seg_flat = segments.ravel()
     sizes = np.bincount(seg_flat, minlength=n + 1)
+    inter = np.bincount(seg_flat[gt.ravel() == voided.ravel()], minlength=n + 1)
     bd_index = np.flatnonzero(boundary_mask(segments))
-    return _adjusted_iou(seg_flat, n, sizes, voided, np.asarray(gt), bd_index, void)
+    return _adjusted_iou(inter, sizes, voided, gt, bd_index, seg_flat[bd_index], void)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,23 +280,25 @@ def adjusted_iou(segments: np.ndarray, pred: np.ndarray, gt: np.ndarray, *, void
 
 
 def _map_aggregates(
-    m: np.ndarray, region: np.ndarray, reg_count: np.ndarray, buf: np.ndarray
+    m: np.ndarray, starts: np.ndarray, lengths: np.ndarray, run_region: np.ndarray, reg_count: np.ndarray
 ) -> tuple[np.ndarray, ...]:
     """Means and population variances of a map over each segment, its inner and boundary part.
 
-    ``m`` (H, W) map, ``region`` (H·W,) intp region index ``2·segment + is_boundary``, ``reg_count``
-    (2n+2,) int64 pixels per region, ``buf`` (H·W,) float64 scratch. Returns six (n,) float64
-    arrays: mean, inner mean, boundary mean, variance, inner variance, boundary variance (mean and
-    variance of an empty region are 0).
+    ``m`` (H, W) map; ``starts``, ``lengths`` (R,) the runs of constant region along the rows,
+    ``run_region`` (R,) intp their region ``2·segment + is_boundary``; ``reg_count`` (2n+2,) int64
+    pixels per region. Returns six (n,) float64 arrays: mean, inner mean, boundary mean, variance,
+    inner variance, boundary variance (mean and variance of an empty region are 0).
     """
-    x = np.asarray(m, dtype=np.float64).ravel()
+    x = np.asarray(m).ravel()
     reg_div = np.maximum(reg_count, 1).astype(np.float64)
-    reg_mean = np.bincount(region, weights=x, minlength=reg_count.size) / reg_div
+    run_sum = np.add.reduceat(x, starts, dtype=np.float64)
+    reg_mean = np.bincount(run_region, weights=run_sum, minlength=reg_count.size) / reg_div
     # Two-pass variance: squared deviations from each region's own mean (not E[x²] - E[x]²).
-    np.take(reg_mean, region, out=buf)
-    np.subtract(x, buf, out=buf)
-    np.square(buf, out=buf)
-    reg_var = np.bincount(region, weights=buf, minlength=reg_count.size) / reg_div
+    dev = np.repeat(reg_mean[run_region], lengths)
+    np.subtract(x, dev, out=dev)
+    np.square(dev, out=dev)
+    run_sq = np.add.reduceat(dev, starts)
+    reg_var = np.bincount(run_region, weights=run_sq, minlength=reg_count.size) / reg_div
     n_in, n_bd = reg_count[2::2], reg_count[3::2]
     mean_in, mean_bd = reg_mean[2::2], reg_mean[3::2]
     var_in, var_bd = reg_var[2::2], reg_var[3::2]
@@ -345,18 +373,22 @@ def segment_features(
             raise ValueError(f"map {name!r} has shape {np.shape(m)}, expected {pred.shape}")
 
     voided = _voided_prediction(pred, gt, void)
-    segments, n = _label_voided(voided, void)
-    inside = voided != void
-    bd = _boundary(voided, inside)
+    labels, n = _label_voided(voided, void)
+    bd = _boundary(voided, voided != void)
 
-    seg_flat = segments.ravel().astype(np.intp)
-    bd_flat = bd.ravel()
-    # One region index for all aggregations: 2k = inner pixels of k, 2k+1 = boundary pixels of k
-    # (k = 0: void, discarded).
-    region = seg_flat * 2
-    region += bd_flat
-    n_regions = 2 * (n + 1)
-    reg_count = np.bincount(region, minlength=n_regions)
+    # Everything is aggregated over runs of constant region along the rows (region = 2·segment +
+    # is_boundary; segment 0 = void, discarded): one pass over each map per sum, no pixel index.
+    code = labels * 2
+    code += bd
+    starts = _runs(code)
+    lengths = np.diff(starts, append=height * width)
+    run_code = code.ravel()[starts].astype(np.intp)
+    run_seg = run_code >> 1
+    remap = _raster_remap(run_seg, n)  # skimage's numbering -> raster order of first pixels
+    run_seg = remap[run_seg]
+    run_region = 2 * run_seg + (run_code & 1)
+
+    reg_count = np.bincount(run_region, weights=lengths, minlength=2 * (n + 1)).astype(np.int64)
     s_in = reg_count[2::2]
     s_bd = reg_count[3::2]
     size = s_in + s_bd
@@ -366,27 +398,28 @@ def segment_features(
     s_rel_in = s_in / bd_div
 
     seg_class = np.zeros(n + 1, dtype=voided.dtype)
-    seg_class[seg_flat] = voided.ravel()  # all pixels of a segment share its class
+    seg_class[run_seg] = voided.ravel()[starts]
 
     cols: dict[str, np.ndarray] = {
         "segment_id": np.arange(1, n + 1, dtype=np.int32),
         "pred_class": seg_class[1:].astype(np.int16),
-        "S": size.astype(np.int64),
-        "S_in": s_in.astype(np.int64),
-        "S_bd": s_bd.astype(np.int64),
+        "S": size,
+        "S_in": s_in,
+        "S_bd": s_bd,
         "S_rel": s_rel,
         "S_rel_in": s_rel_in,
     }
-    row_sum = np.bincount(seg_flat, weights=np.repeat(np.arange(height, dtype=np.float64), width), minlength=n + 1)
-    col_sum = np.bincount(seg_flat, weights=np.tile(np.arange(width, dtype=np.float64), height), minlength=n + 1)
+    run_row, run_col = np.divmod(starts, width)
+    row_sum = np.bincount(run_seg, weights=lengths * run_row, minlength=n + 1)
+    col_sum = np.bincount(run_seg, weights=lengths * run_col + lengths * (lengths - 1) // 2, minlength=n + 1)
     cols["centroid_y"] = row_sum[1:] / size_div
     cols["centroid_x"] = col_sum[1:] / size_div
 
-    gathered = np.empty(height * width, dtype=np.float64)
     for name, m in maps.items():
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught by the check below
-            values = _map_aggregates(m, region, reg_count, gathered)
-        mean, mean_in, mean_bd, var, var_in, var_bd = values
+            mean, mean_in, mean_bd, var, var_in, var_bd = _map_aggregates(
+                m, starts, lengths, run_region, reg_count
+            )
         values = (mean, mean_in, mean_bd, mean * s_rel, mean_in * s_rel_in,
                   var, var_in, var_bd, var * s_rel, var_in * s_rel_in)
         for col, v in zip(map_columns(name), values):
@@ -398,15 +431,21 @@ def segment_features(
         col = f"cprob_{c}"
         if col in cols:
             raise ValueError(f"column {col!r} already exists (from a map name)")
-        cols[col] = np.bincount(seg_flat, weights=probs[c].ravel(), minlength=n + 1)[1:] / size_div
+        run_sum = np.add.reduceat(probs[c].ravel(), starts, dtype=np.float64)
+        cols[col] = np.bincount(run_seg, weights=run_sum, minlength=n + 1)[1:] / size_div
 
     for col, v in cols.items():
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             raise ValueError(f"column {col!r} is not finite: the input holds NaN/inf or exceeds float64")
 
     if gt is not None:
-        iou = _adjusted_iou(seg_flat, n, np.concatenate(([0], size)), voided, np.asarray(gt),
-                            np.flatnonzero(bd_flat), void)
+        gt = np.asarray(gt)
+        hit = gt.ravel() == voided.ravel()  # void pixels fall in segment 0
+        run_hit = np.add.reduceat(hit, starts, dtype=np.int64)
+        inter = np.bincount(run_seg, weights=run_hit, minlength=n + 1)
+        bd_index = np.flatnonzero(bd)
+        bd_segment = remap[labels.ravel()[bd_index]]
+        iou = _adjusted_iou(inter, np.concatenate(([0], size)), voided, gt, bd_index, bd_segment, void)
         cols["iou"] = iou
         cols["iou0"] = iou == 0
     else:

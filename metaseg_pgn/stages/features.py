@@ -40,15 +40,10 @@ def frame_table(record_path: str, expect: dict[str, str], void: int = 255) -> pa
     probs = record.probs()
     maps = record.pixel_maps(probs)
     gt = record.label if record.label_kind == "semantic" else None
-    columns = segment_features(record.pred, probs, maps, gt, void=void)
-    n = len(columns["segment_id"])
-    data = {"frame_id": pa.array([record.frame_id] * n, pa.string())}
-    for name, values in columns.items():
-        data[name] = pa.array(values)
-    if gt is None:
-        data["iou"] = pa.nulls(n, pa.float64())
-        data["iou0"] = pa.nulls(n, pa.bool_())
-    return pa.table(data)
+    df = segment_features(record.pred, probs, maps, gt, void=void)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    frame_ids = pa.array([record.frame_id] * len(df), pa.string())
+    return table.add_column(0, "frame_id", frame_ids).replace_schema_metadata(None)
 
 
 def compute_frame(record_path: str, out_path: str, expect: dict[str, str], frame_fp: str) -> str:

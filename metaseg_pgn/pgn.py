@@ -480,9 +480,24 @@ def deeper_layer_pgn(
 
 
 def _power_sums(x: Tensor, ps: Sequence[float], dim: int) -> Tensor:
-    """(len(ps), ...) float64: ``Σ_dim |x|^p`` for every p, from one ``log|x|`` (zeros give 0)."""
-    log_abs = x.to(torch.float64).abs().log()  # -inf at zeros, and exp(p · -inf) = 0
-    return torch.stack([torch.exp(log_abs * p).sum(dim) for p in ps])
+    """(len(ps), ...) float64: ``Σ_dim |x|^p`` for every p.
+
+    p = 1, 2, 0.5 use abs, square and sqrt (exact, cheaper); every other p shares one ``log|x|``
+    and costs one ``exp`` pass (zeros give log = -inf and exp(p · -inf) = 0).
+    """
+    abs_x = x.to(torch.float64, copy=True).abs_()
+    log_abs = abs_x.log() if any(p not in (0.5, 1.0, 2.0) for p in ps) else None
+    sums = []
+    for p in ps:
+        if p == 1.0:
+            sums.append(abs_x.sum(dim))
+        elif p == 2.0:
+            sums.append(abs_x.square().sum(dim))
+        elif p == 0.5:
+            sums.append(abs_x.sqrt().sum(dim))
+        else:
+            sums.append(torch.mul(log_abs, p).exp_().sum(dim))
+    return torch.stack(sums)
 
 
 def _norms(layer: str, label: str, vsums: Tensor, patch: Tensor, ps: Sequence[float]) -> dict[str, Tensor]:
@@ -518,13 +533,18 @@ def _linear_taps(n_in: int, n_out: int, align_corners: bool, device: torch.devic
     return i0, i1, src - i0
 
 
-def _resize_dim(x: Tensor, taps, dim: int, offset: int = 0) -> Tensor:
-    """Linear resize of ``x`` along ``dim`` with taps from :func:`_linear_taps` (indices − offset)."""
+def _resize_rows(x: Tensor, taps, offset: int = 0) -> Tensor:
+    """Linear resize of (B, K, rows, w) along the rows with taps from :func:`_linear_taps`, whose
+    indices count from row ``offset`` of the full map."""
     i0, i1, lam = taps
-    shape = [1] * x.dim()
-    shape[dim] = -1
-    lam = lam.view(shape)
-    return x.index_select(dim, i0 - offset) * (1.0 - lam) + x.index_select(dim, i1 - offset) * lam
+    lam = lam.view(-1, 1)
+    return x.index_select(2, i0 - offset) * (1.0 - lam) + x.index_select(2, i1 - offset) * lam
+
+
+def _resize_cols(x: Tensor, width: int, align_corners: bool) -> Tensor:
+    """Linear resize of (B, K, rows, w) along the columns only: torch's bilinear kernel with the row
+    count unchanged, which maps every row to itself exactly."""
+    return F.interpolate(x, size=(x.shape[2], width), mode="bilinear", align_corners=align_corners)
 
 
 def _input_resolution(psi, logits, geometry, ps, labels, weights, include_bias, size, align_corners,
@@ -537,7 +557,6 @@ def _input_resolution(psi, logits, geometry, ps, labels, weights, include_bias, 
     elif not _is_int(chunk_rows) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be an int >= 1 or None, got {chunk_rows!r}")
     rows = _linear_taps(h, big_h, align_corners, logits.device)
-    cols = _linear_taps(w, big_w, align_corners, logits.device)
     z = logits.to(torch.float64)
     psi = F.pad(psi.to(torch.float64), (pw, pw, ph, ph))
     names = [map_name("last", label, p) for label in labels for p in ps]
@@ -545,11 +564,11 @@ def _input_resolution(psi, logits, geometry, ps, labels, weights, include_bias, 
     for start in range(0, big_h, chunk_rows):
         taps = tuple(t[start:start + chunk_rows] for t in rows)
         s0, s1 = int(taps[0].min()), int(taps[1].max()) + 1  # source rows of z this chunk reads
-        z_up = _resize_dim(_resize_dim(z[:, :, s0:s1], taps, 2, s0), cols, 3)
+        z_up = _resize_cols(_resize_rows(z[:, :, s0:s1], taps, s0), big_w, align_corners)
         # the patches of source rows s0..s1-1 start at padded rows s0..s1-1 of ψ
         window = psi[:, :, s0:s1 + dh * (kh - 1)]
         patches = F.unfold(window, (kh, kw), dilation=(dh, dw)).view(b, geometry.patch_size, s1 - s0, w)
-        patches = _resize_dim(_resize_dim(patches, taps, 2, s0), cols, 3)
+        patches = _resize_cols(_resize_rows(patches, taps, s0), big_w, align_corners)
         patch = _power_sums(patches, ps, dim=1)
         del patches
         if include_bias:

@@ -31,6 +31,15 @@ B, H, W = 2, 6, 7  # feature resolution of the test activations
 UP = 4  # the "input"-resolution models upsample by 4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: extra threads only contend on a shared machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pixel_loss(z: torch.Tensor, label: str, weights: str) -> torch.Tensor:
     """Loss of one pixel with logits z (C,) whose gradient w.r.t. z is the PGN's v."""
     log_s = torch.log_softmax(z, 0)

@@ -15,6 +15,15 @@ from test_pgn import RTOL, all_pixels, autograd_norms, ours_at, random_bn, sampl
 C = 4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: extra threads only contend on a shared machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Net(nn.Module):
     """conv(stride 2)-BN-ReLU, conv-BN-ReLU-Dropout, classifier, ×2 bilinear resize; an auxiliary
     head with C channels runs after the classifier (a decoy the search must not take)."""

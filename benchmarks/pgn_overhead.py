@@ -4,13 +4,13 @@ Measured in one run, interleaved (every variant once per repetition, the order r
 slow drifts of a shared machine hit all variants alike. Forward hooks on ``head.classifier`` and
 ``head.conv2`` stay registered throughout, so every variant runs the very same forward:
 
-- ``forward``: the model, the softmax of its output and the argmax (the softmax baseline), the
-  reference of every ratio;
+- ``forward``: the model's forward (logits at the input size), the reference of every ratio;
 - ``+last(10)``: the same function, then the 10 last-layer maps (p in PGN_PS, labels oh and uni) at
   the feature resolution from the captured ψ and z;
 - ``+last+deep(20)``: the same, plus the 10 deeper-layer maps;
-- ``PGNModel(...)``: the library's wrapper, without maps (its hooks and checks), with the last
-  layer, with both layers (skipped with ``--bf16``: the wrapper has no autocast switch).
+- ``PGNModel(...)``: the library's wrapper (which also returns softmax and argmax at the input
+  size) without maps, with the last layer, with both layers (skipped with ``--bf16``: the wrapper
+  has no autocast switch).
 
 Ratios are medians of the per-repetition ratios (paired), with the 10 % and 90 % quantiles. The maps
 are also timed alone, from the captured ψ and z, because on a shared 2-core CPU the noise of a whole
@@ -93,18 +93,16 @@ def deep_maps(cap: Captured, weights: str):
 def make_variants(model: nn.Module, cap: Captured, x: torch.Tensor, args) -> dict[str, Callable[[], object]]:
     """Callables of the variants, each returning its result (kept until the clock stops).
 
-    The first, ``forward``, is the reference: the model, the softmax of its output and the argmax
-    (what a softmax baseline computes). The others run exactly that function and then the maps.
+    The first, ``forward``, is the reference: the model's forward alone (logits at the input size).
+    The others run exactly that function and then the maps.
     """
     dev = x.device.type
 
     def forward():
         if args.bf16:
             with torch.autocast(dev, dtype=torch.bfloat16):
-                logits = model(x)
-        else:
-            logits = model(x)
-        return torch.softmax(logits, dim=1), logits.argmax(1)
+                return model(x)
+        return model(x)
 
     def with_last():
         return forward(), last_maps(cap, args.weights)
@@ -114,7 +112,8 @@ def make_variants(model: nn.Module, cap: Captured, x: torch.Tensor, args) -> dic
 
     variants = {"forward": forward, "+last(10)": with_last, "+last+deep(20)": with_deep}
     if PGNModel is not None and not args.bf16 and not args.no_wrapper:
-        # the library path; labels=() gives the wrapper's own forward (hooks, checks, softmax) without maps
+        # the library path; labels=() gives the wrapper's own forward (its hooks and checks, the
+        # softmax and argmax at the input size) without maps
         kw = dict(ps=PGN_PS, weights=args.weights, resolution="feature")
         wrappers = {
             "PGNModel(no maps)": PGNModel(model, model.last_conv_name, labels=(), **kw),
@@ -191,11 +190,12 @@ def run(args) -> None:
             variants = make_variants(model, cap, x, args)
             times = measure(variants, args.repeats, args.warmup, sync)
             # the maps alone, from the ψ, z captured by one more forward
-            variants["forward"]()
+            logits = variants["forward"]()
             sync()
             ac = bool(model.align_corners)
             maps = last_maps(cap, args.weights)
             alone = {
+                "softmax+argmax at HxW": lambda: (torch.softmax(logits, dim=1), logits.argmax(1)),
                 "last maps (10)": lambda: last_maps(cap, args.weights),
                 "deep maps (10)": lambda: deep_maps(cap, args.weights),
                 "resize 10 maps to HxW": lambda: resize_maps(maps, size, ac),

@@ -549,6 +549,7 @@ def _resize_cols(x: Tensor, width: int, align_corners: bool) -> Tensor:
 
 def _input_resolution(psi, logits, geometry, ps, labels, weights, include_bias, size, align_corners,
                       chunk_rows) -> dict[str, Tensor]:
+    """Resolution "input" of :func:`last_layer_pgn` (inputs already checked), chunk by output row."""
     b, _, h, w = logits.shape
     big_h, big_w = size
     (kh, kw), (dh, dw), (ph, pw) = geometry.kernel_size, geometry.dilation, geometry.padding

@@ -340,7 +340,7 @@ def _close(a: Tensor, b: Tensor) -> bool:
     if a.dtype == b.dtype and torch.equal(a, b):
         return True
     eps = max(torch.finfo(a.dtype).eps, torch.finfo(b.dtype).eps)
-    tol = max(1e-5, 8 * eps)
+    tol = max(1e-5, 4 * eps)
     a, b = a.to(torch.float64), b.to(torch.float64)
     scale = float(b.abs().max()) if b.numel() else 0.0
     return bool(torch.allclose(a, b, rtol=tol, atol=tol * (1.0 + scale)))

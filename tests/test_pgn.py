@@ -157,6 +157,19 @@ def test_last_layer_input_resolution_matches_autograd(conv_name, bias, weights, 
         torch.testing.assert_close(ours_at(maps, "last", label, pixels), expected, rtol=RTOL, atol=0)
 
 
+def test_bias_left_out_on_request():
+    conv = make_conv(CHANNELS, CLASSES, 3, 1, 1, True, seed=32)
+    psi = make_psi(seed=33)
+    out = conv(psi)
+    for resolution, size in [("feature", None), ("input", (11, 13))]:
+        maps = last_layer_pgn(psi, out.detach(), conv, include_bias=False, resolution=resolution,
+                              output_size=size)
+        y = out if size is None else F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        pixels = all_pixels(B, *y.shape[2:])[::5]
+        expected = autograd_norms(y, [conv.weight], pixels, "oh", "paper")
+        torch.testing.assert_close(ours_at(maps, "last", "oh", pixels), expected, rtol=RTOL, atol=0)
+
+
 def test_input_resolution_all_pixels_of_a_small_map_and_a_downsample():
     conv = make_conv(CHANNELS, CLASSES, 3, 1, 1, True, seed=6)
     psi = make_psi(seed=7, h=3, w=4)

@@ -480,8 +480,10 @@ class PixelOoDMetrics:
     ----------
     mode : {"smiyc", "exact"}
         See the module docstring.
-    binning : {"percentiles", "uniform"}
-        smiyc mode only: the benchmark's ``PixBinaryClass`` (default) or ``PixBinaryClass-uniThr``.
+    binning : {"percentiles", "uniform", "unique"}
+        smiyc mode only: the benchmark's ``PixBinaryClass`` (default) or ``PixBinaryClass-uniThr``;
+        ``"unique"`` (every distinct score an edge, keys ``*_smiyc_unique``) is a diagnostic
+        that isolates the effect of the binning.
     float16 : bool
         smiyc mode only: round scores to float16 first (default, as the benchmark). Turning it
         off is for comparisons only.
@@ -513,7 +515,9 @@ class PixelOoDMetrics:
             raise ValueError(f"tie_order must be 'numpy' or 'stable', got {tie_order!r}")
         self.tie_order = tie_order
         if binning not in ("percentiles", "uniform", "unique"):
-            raise ValueError(f"binning must be 'percentiles' or 'uniform', got {binning!r}")
+            raise ValueError(
+                f"binning must be 'percentiles', 'uniform' or 'unique', got {binning!r}"
+            )
         self.binning = binning
         self.float16 = bool(float16)
         self.reset()
@@ -714,7 +718,8 @@ def frame_components(
         # The benchmark compares its float16 map with a Python-float threshold; NumPy casts the
         # threshold to float16 for that comparison.
         score = to_float16(score, frame_id)
-        pred = score > np.float16(threshold)
+        with np.errstate(over="ignore"):
+            pred = score > np.float16(threshold)
     else:
         pred = score > threshold
     void = label == 255
@@ -890,7 +895,14 @@ FrameSource = Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray]]]
 
 
 def _frames(source) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    return iter(source() if callable(source) else source)
+    if callable(source):
+        return iter(source())
+    if iter(source) is source:
+        raise TypeError(
+            "evaluate_ood reads the frames twice: pass a sequence or a callable returning a "
+            "fresh iterable, not an iterator"
+        )
+    return iter(source)
 
 
 def evaluate_ood(source, *, track: Track, mode: Mode = "smiyc") -> dict:

@@ -485,7 +485,7 @@ def _power_sums(x: Tensor, ps: Sequence[float], dim: int) -> Tensor:
     p = 1, 2, 0.5 use abs, square and sqrt (exact, cheaper); every other p shares one ``log|x|``
     and costs one ``exp`` pass (zeros give log = -inf and exp(p · -inf) = 0).
     """
-    abs_x = x.to(torch.float64, copy=True).abs_()
+    abs_x = x.abs() if x.dtype == torch.float64 else x.to(torch.float64).abs_()
     log_abs = abs_x.log() if any(p not in (0.5, 1.0, 2.0) for p in ps) else None
     sums = []
     for p in ps:

@@ -102,7 +102,9 @@ def test_ece_all_correct_and_all_wrong():
 
 def test_streaming_ece_equals_pooled_and_respects_void():
     rng = np.random.default_rng(3)
-    frames = [(rng.random((6, 7)), rng.random((6, 7)) < 0.6, rng.random((6, 7)) < 0.8) for _ in range(3)]
+    frames = [
+        (rng.random((6, 7)), rng.random((6, 7)) < 0.6, rng.random((6, 7)) < 0.8) for _ in range(3)
+    ]
     m = ECE()
     for conf, corr, valid in frames:
         m.update(conf, corr, valid)

@@ -7,11 +7,11 @@ import json
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from metaseg_pgn.metrics import ood
 from metaseg_pgn.metrics.ood import (
     ComponentOoDMetrics,
     FrameComponents,
@@ -407,7 +407,8 @@ def test_split_without_positives_or_negatives_is_an_error():
 
 def test_frame_without_anomaly_is_fine():
     frames = _random_split(3, n=2)
-    frames.append(("empty", np.random.default_rng(1).random((20, 30)), np.zeros((20, 30), np.uint8)))
+    empty = np.zeros((20, 30), np.uint8)
+    frames.append(("empty", np.random.default_rng(1).random((20, 30)), empty))
     out = evaluate_ood(frames, track="obstacle")
     assert 0 < out["pixel"]["AuPRC_smiyc"] < 1
     assert out["component"]["per_frame"][-1]["sIoU_gt"] == []
@@ -427,10 +428,7 @@ def test_submission_roundtrip_and_layout(tmp_path):
     np.testing.assert_array_equal(got, score.astype(np.float16))
     assert list_frames(tmp_path, "pgn", "RoadObstacle21") == ["city/frame_01"]
     assert sorted(x.name for x in p.parent.iterdir()) == ["frame_01.hdf5"]  # no temp file left
-    # files read back evaluate like the float16-rounded arrays
-    import h5py
-
-    with h5py.File(p, "r") as f:
+    with h5py.File(p, "r") as f:  # the benchmark's dataset name and dtype
         assert f["value"].dtype == np.float16 and f["value"].shape == (6, 9)
 
 

@@ -39,7 +39,7 @@ Defined results at the edges
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -113,7 +113,10 @@ def check_ood_frame(score, label, frame_id: str | None = None) -> tuple[np.ndarr
         )
     if not (np.issubdtype(label.dtype, np.integer) or label.dtype == bool):
         raise ValueError(f"{where}: label must be an integer map, got dtype {label.dtype}")
-    values = np.unique(label)
+    if label.dtype == np.uint8:
+        values = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    else:
+        values = np.unique(label)
     bad = values[~np.isin(values, (0, 1, 255))]
     if bad.size:
         raise ValueError(
@@ -493,7 +496,9 @@ class PixelOoDMetrics:
 
     Memory: smiyc keeps at most ``n_bins`` + 2 bins per frame (percentiles) or one fixed
     histogram (uniform); exact keeps every frame's distinct non-void scores with their
-    positive/negative counts (about 24 bytes per distinct value and frame).
+    positive/negative counts (value + 8 bytes per distinct value and frame: about 32 MiB for a
+    2-Mpixel float64 frame without ties). For large splits in exact mode, pass float32 scores
+    (ties below float32 resolution merge) or use smiyc mode.
 
     Examples
     --------
@@ -553,8 +558,8 @@ class PixelOoDMetrics:
             roi = label != 255
             vals, gt = score[roi], label[roi] == 1
             uniq, inv = np.unique(vals, return_inverse=True)
-            pos = np.bincount(inv, weights=gt, minlength=uniq.size).astype(np.int64)
-            tot = np.bincount(inv, minlength=uniq.size).astype(np.int64)
+            pos = np.bincount(inv, weights=gt, minlength=uniq.size).astype(np.int32)
+            tot = np.bincount(inv, minlength=uniq.size).astype(np.int32)
             self._frames.append((uniq, pos, tot - pos))
         else:
             fb = smiyc_frame_bins(

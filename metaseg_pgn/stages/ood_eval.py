@@ -1,0 +1,151 @@
+"""Stage ``ood_eval``: OoD segmentation with the SegmentMeIfYouCan metrics, the paper's Tables 2–3.
+
+For each OoD dataset of the run (labels 0 / 1 / 255) and each score map (max softmax as 1 − max
+softmax, entropy, MC dropout, ensemble, every PGN map), in both modes of
+:mod:`metaseg_pgn.metrics.ood`: pixel AuPRC / AP, FPR95, AUROC; component sIoU, PPV, mean F1.
+
+Every score is divided by its maximum over the split before evaluation and export, so it lies in
+[0, 1] and survives the benchmark's float16 storage (PGN with p = 0.1 reaches 1e30); a monotone
+rescaling leaves the exact-mode metrics unchanged. Three passes over the records: maxima, pixel
+metrics (+ export in the benchmark's layout ``anomaly_p/{method}/{split}/{frame}.hdf5``),
+components at each method's best-F1 threshold. Memory stays bounded by the metric objects.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ..io import atomic_write, write_json
+from ..metrics.ood import ComponentOoDMetrics, PixelOoDMetrics
+from ..metrics.submission import write_scores
+from ..store import read_record
+from .common import RunContext, StageError, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+from .infer import dataset_configs, make_dataset
+from .pixel_eval import display_name, method_names
+
+STAGE = "ood_eval"
+
+
+def score_maps(record) -> dict[str, np.ndarray]:
+    """Every score map of a record, higher = more anomalous (V = 1 − max softmax)."""
+    maps = record.pixel_maps()
+    return {m: maps[m] for m in method_names(record)}
+
+
+def track_of(ds, ds_cfg: dict) -> str:
+    track = getattr(ds, "track", None) or ds_cfg.get("track")
+    if track in ("obstacle", "anomaly"):
+        return track
+    raise StageError(f"ood_eval: cannot tell the SMIYC track (obstacle or anomaly) of dataset "
+                     f"{ds_cfg['name']!r}; set its 'track' in the configuration")
+
+
+def run(ctx: RunContext) -> dict:
+    started = time.time()
+    infer = require_manifest(ctx, "infer", STAGE)
+    upstream = {"infer": infer["fingerprint"]}
+    ocfg = ctx.cfg["ood_eval"]
+    fp = stage_fingerprint(ocfg, upstream)
+    if is_up_to_date(ctx, STAGE, fp):
+        log.info("ood_eval: up to date")
+        return {}
+    from .common import dataset_key
+
+    results, rows = {}, []
+    for ds_cfg in dataset_configs(ctx.cfg):
+        key = dataset_key(ds_cfg)
+        out = infer["outputs"].get(key)
+        if out is None or out["label_kind"] != "ood":
+            continue
+        track = track_of(make_dataset(ds_cfg), ds_cfg)
+        paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
+        results[key] = evaluate_split(paths, out["fingerprints"], track, ocfg, ctx, key)
+        for method, by_mode in results[key]["methods"].items():
+            rows.append(_table_row(key, track, method, by_mode))
+    if not results:
+        log.warning("ood_eval: the run has no OoD dataset (labels 0/1/255); skipped")
+        write_manifest(ctx, STAGE, fp, ocfg, upstream, {"skipped": "no OoD dataset"}, started)
+        return {}
+    folder = ctx.stage_dir(STAGE)
+    table = pd.DataFrame(rows)
+    with atomic_write(folder / "ood_eval.csv", "w") as f:
+        table.to_csv(f, index=False)
+    write_json(folder / "ood_eval.json", results)
+    log.info("ood_eval:\n%s", table.to_string(index=False, max_rows=40))
+    outputs = {"table": f"{STAGE}/ood_eval.csv", "json": f"{STAGE}/ood_eval.json",
+               "datasets": sorted(results)}
+    write_manifest(ctx, STAGE, fp, ocfg, upstream, outputs, started)
+    return outputs
+
+
+def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: str) -> dict:
+    """Both modes for every score map of one split (three passes over the records)."""
+    modes = list(ocfg["modes"])
+    progress = ctx.progress
+
+    def records(desc):
+        for path in tqdm(paths, desc=f"ood_eval {key} ({desc})", unit="frame", disable=not progress):
+            record = read_record(path, expect)
+            if record.label is None:
+                raise StageError(f"ood_eval: {path} has no OoD label")
+            yield record, score_maps(record)
+
+    maxima: dict[str, float] = {}
+    for _, maps in records("max"):
+        for m, s in maps.items():
+            maxima[m] = max(maxima.get(m, 0.0), float(s.max()))
+    methods = list(maxima)
+    scale = {m: (1.0 / maxima[m] if maxima[m] > 0 else 1.0) for m in methods}
+
+    pixel = {(m, mode): PixelOoDMetrics(mode) for m in methods for mode in modes}
+    uniform = {m: PixelOoDMetrics("smiyc", binning="uniform") for m in methods} if "smiyc" in modes else {}
+    export_root = ctx.stage_dir(STAGE) / "submission"
+    for record, maps in records("pixels"):
+        for m in methods:
+            score = maps[m] * scale[m]
+            for mode in modes:
+                pixel[m, mode].update(score, record.label, record.frame_id)
+            if m in uniform:
+                uniform[m].update(score, record.label, record.frame_id)
+            if ocfg.get("export"):
+                write_scores(export_root, m, key, record.frame_id, score)
+
+    summary = {m: {} for m in methods}
+    components = {}
+    for m in methods:
+        for mode in modes:
+            try:
+                summary[m][mode] = {"pixel": pixel[m, mode].compute()}
+            except ValueError as e:
+                raise StageError(f"ood_eval: {key}, method {m}: {e}") from None
+            suffix = pixel[m, mode].suffix
+            threshold = summary[m][mode]["pixel"][f"best_F1_threshold_{suffix}"]
+            components[m, mode] = ComponentOoDMetrics(track, threshold, mode)
+        if m in uniform:
+            summary[m]["smiyc"]["pixel_uniform"] = uniform[m].compute()
+    for record, maps in records("components"):
+        for (m, mode), comp in components.items():
+            comp.update(maps[m] * scale[m], record.label, record.frame_id)
+    for (m, mode), comp in components.items():
+        try:
+            summary[m][mode]["component"] = comp.compute()
+        except ValueError as e:
+            summary[m][mode]["component"] = {"error": str(e)}
+    return {"track": track, "frames": len(paths), "score_scale": scale, "methods": summary}
+
+
+def _table_row(key: str, track: str, method: str, by_mode: dict) -> dict:
+    row = {"dataset": key, "track": track, "method": method, "name": display_name(method)}
+    for mode, res in by_mode.items():
+        pix, comp = res["pixel"], res.get("component", {})
+        auprc = "AuPRC_smiyc" if mode == "smiyc" else "AP_exact"
+        row[f"{auprc}"] = pix[auprc]
+        row[f"FPR95_{mode}"] = pix[f"FPR95_{mode}"]
+        row[f"AUROC_{mode}"] = pix[f"AUROC_{mode}"]
+        for name in ("sIoU_gt", "PPV", "F1_mean"):
+            row[f"{name}_{mode}"] = comp.get(f"{name}_{mode}")  # None where undefined (JSON says why)
+    return row

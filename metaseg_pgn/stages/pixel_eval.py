@@ -1,0 +1,144 @@
+"""Stage ``pixel_eval``: pixel-level calibration (ECE) and sparsification (AuSE), the paper's Table 1.
+
+For every score map of the evaluated dataset's records — max softmax, entropy, MC dropout,
+ensemble, every PGN map — over its non-void pixels:
+
+- ECE with ``n_bins`` equal-width bins; correct = prediction equals ground truth. The confidence of
+  max softmax is the max softmax itself; every other score is turned into a confidence as
+  ``1 − score / max(score over the test data)`` (the paper's wording), which takes a first pass.
+- AuSE: error = per-pixel Brier score, uncertainty = the score (V = 1 − max softmax for max
+  softmax); pixels subsampled per frame (seeded) to ``max_pixels`` in total.
+
+Writes ``pixel_eval/pixel_eval.{json,csv}`` (one row per method; the JSON also holds the
+reliability diagrams and sparsification curves) and figures ``reliability.png``,
+``sparsification.png``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ..io import atomic_write, write_json
+from ..metrics.calibration import AuSE, ECE, brier_error, confidence_from_score
+from ..store import read_record
+from .common import RunContext, StageError, dataset_key, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+
+STAGE = "pixel_eval"
+VOID = 255
+
+
+def method_names(record) -> list[str]:
+    """Score maps evaluated, in table order: max softmax, entropy, baselines, PGN maps."""
+    return ["V", "E", *record.baseline_names, *record.pgn_names]
+
+
+def display_name(method: str) -> str:
+    names = {"V": "max softmax", "E": "entropy", "mcd_E": "MC dropout entropy",
+             "mcd_MI": "MC dropout MI", "ens_E": "ensemble entropy", "ens_MI": "ensemble MI"}
+    return names.get(method, method)
+
+
+def _frames(paths, expect, progress, desc):
+    for path in tqdm(paths, desc=desc, unit="frame", disable=not progress):
+        record = read_record(path, expect)
+        if record.label is None or record.label_kind != "semantic":
+            raise StageError(f"pixel_eval: {path} has no semantic ground truth")
+        probs = record.probs()
+        yield record, probs, record.pixel_maps(probs)
+
+
+def run(ctx: RunContext) -> dict:
+    started = time.time()
+    infer = require_manifest(ctx, "infer", STAGE)
+    upstream = {"infer": infer["fingerprint"]}
+    pcfg = ctx.cfg["pixel_eval"]
+    fp = stage_fingerprint(pcfg, upstream)
+    if is_up_to_date(ctx, STAGE, fp):
+        log.info("pixel_eval: up to date")
+        return {}
+    out = infer["outputs"].get(dataset_key(ctx.cfg["dataset"]))
+    if out is None or out["label_kind"] != "semantic":
+        log.warning("pixel_eval: the evaluated dataset has no semantic labels; skipped")
+        write_manifest(ctx, STAGE, fp, pcfg, upstream, {"skipped": "no semantic labels"}, started)
+        return {}
+    paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
+    expect = out["fingerprints"]
+
+    # Pass 1: the maximum of each score over the test data (for the confidence normalisation).
+    maxima: dict[str, float] = {}
+    methods: list[str] = []
+    for record, _, maps in _frames(paths, expect, ctx.progress, "pixel_eval (max)"):
+        valid = record.label != VOID
+        methods = methods or method_names(record)
+        for m in methods:
+            maxima[m] = max(maxima.get(m, 0.0), float(maps[m][valid].max(initial=0.0)))
+
+    per_frame = max(1, int(pcfg["max_pixels"]) // max(len(paths), 1))
+    eces = {m: ECE(int(pcfg["n_bins"])) for m in methods}
+    auses = {m: AuSE(max_pixels_per_frame=per_frame, seed=int(ctx.cfg["seed"])) for m in methods}
+    for record, probs, maps in _frames(paths, expect, ctx.progress, "pixel_eval"):
+        valid = record.label != VOID
+        correct = record.pred == record.label
+        error = brier_error(probs, record.label)
+        for m in methods:
+            if m == "V":
+                confidence = 1.0 - maps["V"]
+            elif maxima[m] > 0:
+                confidence = confidence_from_score(np.minimum(maps[m], maxima[m]), maxima[m])
+            else:
+                confidence = np.ones_like(maps[m])
+            eces[m].update(confidence, correct, valid)
+            auses[m].update(maps[m], error, valid)
+
+    rows, curves = [], {}
+    for m in methods:
+        value, curve = auses[m].compute(return_curves=True)
+        rows.append({"method": m, "name": display_name(m), "ECE": eces[m].compute(), "AuSE": value,
+                     "max_over_test": maxima[m]})
+        curves[m] = {"reliability": _plain(eces[m].diagram()), "sparsification": _plain(curve)}
+    table = pd.DataFrame(rows)
+    folder = ctx.stage_dir(STAGE)
+    with atomic_write(folder / "pixel_eval.csv", "w") as f:
+        table.to_csv(f, index=False)
+    write_json(folder / "pixel_eval.json", {"table": rows, "curves": curves, "n_bins": pcfg["n_bins"],
+                                            "frames": len(paths), "dataset": dataset_key(ctx.cfg["dataset"])})
+    _figures(folder, table, curves)
+    log.info("pixel_eval:\n%s", table[["name", "ECE", "AuSE"]].to_string(index=False))
+    outputs = {"table": f"{STAGE}/pixel_eval.csv", "json": f"{STAGE}/pixel_eval.json",
+               "figures": [f"{STAGE}/reliability.png", f"{STAGE}/sparsification.png"]}
+    write_manifest(ctx, STAGE, fp, pcfg, upstream, outputs, started)
+    return outputs
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def _figures(folder, table: pd.DataFrame, curves: dict) -> None:
+    from ..plots import reliability_figure, sparsification_figure
+
+    shown = _figure_methods(table)
+    reliability_figure({display_name(m): curves[m]["reliability"] for m in shown}, folder / "reliability.png")
+    sparsification_figure({display_name(m): curves[m]["sparsification"] for m in shown},
+                          folder / "sparsification.png")
+
+
+def _figure_methods(table: pd.DataFrame) -> list[str]:
+    """Baselines plus the best PGN map by AuSE of each label (figures stay readable)."""
+    methods = [m for m in table["method"] if not m.startswith("pgn_")]
+    pgn = table[table["method"].str.startswith("pgn_")]
+    for label in ("_oh_", "_uni_"):
+        part = pgn[pgn["method"].str.contains(label)]
+        if len(part):
+            methods.append(part.sort_values("AuSE")["method"].iloc[0])
+    return methods

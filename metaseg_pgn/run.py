@@ -5,6 +5,7 @@ Runs the stages of a pipeline (default: the embedded synthetic world) into its r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -82,8 +83,25 @@ def run_pipeline(cfg: dict) -> None:
     for stage in config_mod.stages_to_run(cfg):
         started = time.time()
         logging.info("stage %s: start (run folder %s)", stage, ctx.run_dir)
-        STAGE_FUNCTIONS[stage](ctx)
+        with _seeded(int(cfg.get("seed", 0))):
+            STAGE_FUNCTIONS[stage](ctx)
         logging.info("stage %s: done in %.1f s", stage, time.time() - started)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Every stage starts from torch's RNG seeded with ``seed`` (the caller's CPU RNG is restored).
+
+    Anything random a stage draws from the global RNG is then a function of the configuration, as
+    the fingerprints assume: above all the random initialisation of a model without checkpoint
+    (``model=checkpoint`` with ``model.checkpoint=null``), which otherwise differed between runs,
+    between a run and its resumption, and between the ranks of a distributed ``infer``.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 if __name__ == "__main__":

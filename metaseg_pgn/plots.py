@@ -1,23 +1,46 @@
-"""Figures (matplotlib, Agg backend): each function takes plain data and writes one PNG atomically."""
+"""Figures (matplotlib, Agg backend): each function takes plain data and writes one PNG atomically.
+
+The report's figures (``meta_bar_figure``, ``roc_figure``, ``iou_scatter_figure``,
+``correlation_figure``, ``frame_figure``, ``ood_bar_figure``) take plain arrays, numbers and
+labels, never pipeline objects, so they can be reused outside the pipeline. PNGs are written
+without the matplotlib version in their metadata: the same data gives the same bytes.
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
 
+#: Colours of the method families, shared by every figure of the report.
+FAMILY_COLORS: dict[str, str] = {
+    "MetaSeg": "#4c72b0",
+    "PGN one-hot": "#dd8452",
+    "PGN uniform": "#c44e52",
+    "PGN": "#937860",
+    "MetaSeg + PGN": "#8172b3",
+    "entropy": "#55a868",
+    "max softmax": "#64b5cd",
+    "MC dropout": "#da8bc3",
+    "ensemble": "#8c8c8c",
+    "other": "#ccb974",
+}
+
 
 def save(fig, path: str | Path, dpi: int = 110) -> None:
-    """Write a figure as PNG atomically and close it."""
+    """Write a figure as PNG atomically and close it (no version metadata: stable bytes)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())
@@ -35,7 +58,8 @@ def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
     n = len(diagrams)
     cols = min(n, 4)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
     for ax, (name, d) in zip(axes.flat, diagrams.items()):
         edges = np.asarray(d["bin_edges"], dtype=float)
         centres = (edges[:-1] + edges[1:]) / 2
@@ -51,10 +75,12 @@ def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
         ax.set_title(name, fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
+    for ax in axes[-1]:
         ax.set_xlabel("confidence")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
     for ax in axes.flat[n:]:
         ax.axis("off")
-    axes[0, 0].set_ylabel("accuracy")
     axes[0, 0].legend(fontsize=7, loc="upper left")
     save(fig, path)
 
@@ -79,4 +105,306 @@ def sparsification_figure(curves: dict[str, dict], path: str | Path) -> None:
     ax.set_ylabel("mean Brier error of the rest (normalised)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report figures
+
+
+def _family_color(family: str) -> str:
+    return FAMILY_COLORS.get(family, FAMILY_COLORS["other"])
+
+
+def _family_legend(ax, families: Sequence[str], **kwargs) -> None:
+    seen = list(dict.fromkeys(families))
+    ax.legend(handles=[Patch(color=_family_color(f), label=f) for f in seen], **kwargs)
+
+
+def meta_bar_figure(rows: Sequence[dict], path: str | Path, r2_floor: float = -1.0) -> None:
+    """Meta classification AuROC and meta regression R² per feature set (the paper's Figure 3).
+
+    Horizontal bars with ± one standard deviation over runs as error bars (cut at 100 %); AuROC
+    bars start at chance level (0.5), R² bars at 0. R² values below ``r2_floor`` are drawn to the
+    floor. Each panel ends in a column with the values as ``mean ± std`` in percent.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        One per feature set, top to bottom: ``label``, ``family`` (a key of
+        :data:`FAMILY_COLORS`), ``auroc``, ``auroc_std``, ``r2``, ``r2_std`` (fractions; NaN where
+        undefined).
+    path : path-like
+        Destination PNG.
+    r2_floor : float, default -1
+        Left end of the R² axis (when some R² is below 0).
+    """
+    n = len(rows)
+    y = np.arange(n)
+    colors = np.array([_family_color(r["family"]) for r in rows], dtype=object)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * n + 1.5), sharey=True, layout="constrained")
+    for ax, key, title, base in ((axes[0], "auroc", "meta classification: AuROC (test)", 0.5),
+                                 (axes[1], "r2", "meta regression: R² (test)", 0.0)):
+        mean = np.array([r[key] for r in rows], dtype=float)
+        std = np.nan_to_num(np.array([r[f"{key}_std"] for r in rows], dtype=float))
+        shown = np.isfinite(mean)
+        low = np.nanmin(np.where(shown, mean - std, np.nan), initial=base)
+        if key == "auroc":
+            lo = min(base, np.floor(low * 10) / 10)
+        else:
+            lo = 0.0 if low >= 0 else max(r2_floor, np.floor(low * 4) / 4)
+        drawn = np.clip(mean, lo, 1.0)
+        ax.barh(y[shown], (drawn - base)[shown], left=base, color=list(colors[shown]), height=0.7)
+        err = np.vstack([np.minimum(std, drawn - lo), np.minimum(std, 1.0 - drawn)])
+        ax.errorbar(drawn[shown], y[shown], xerr=err[:, shown], fmt="none", ecolor="#333333",
+                    elinewidth=0.9, capsize=2.5)
+        for yi, m, ok in zip(y, mean, shown):
+            if ok and m < lo:
+                ax.annotate("◂", (lo, yi), xytext=(2, 0), textcoords="offset points", va="center",
+                            fontsize=8, color="white")
+        ax.axvline(base, color="black", lw=0.8)
+        span = 1.0 - lo
+        step = 0.1 if span <= 0.6 else 0.25 if span <= 1.5 else 0.5
+        ax.set_xticks(np.arange(np.ceil(lo / step - 1e-9) * step, 1.0 + 1e-9, step))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
+        ax.set_xlim(lo, 1.0 + 0.42 * span)
+        ax.axvspan(1.0, 1.0 + 0.42 * span, color="white", zorder=3)
+        for yi, m, s, ok in zip(y, mean, std, shown):
+            text = f"{100 * m:.1f} ± {100 * s:.1f}" if ok else "–"
+            ax.text(1.0 + 0.4 * span, yi, text, va="center", ha="right", fontsize=7.5, zorder=4,
+                    family="monospace")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_yticks(y, [r["label"] for r in rows], fontsize=8)
+    axes[0].invert_yaxis()
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    fig.legend(handles=[Patch(color=_family_color(f), label=f) for f in families], loc="outside lower center",
+               ncol=min(len(families), 5), fontsize=8, frameon=False)
+    save(fig, path)
+
+
+def roc_figure(curves: dict[str, dict], path: str | Path, title: str = "") -> None:
+    """ROC curves of meta classifiers.
+
+    Parameters
+    ----------
+    curves : dict
+        label → dict with ``fpr``, ``tpr`` (arrays), ``auc`` (float) and optional ``color``.
+    path : path-like
+        Destination PNG.
+    title : str
+        Axes title.
+    """
+    fig, ax = plt.subplots(figsize=(5, 4.6), layout="constrained")
+    for label, c in curves.items():
+        ax.plot(c["fpr"], c["tpr"], lw=1.5, color=c.get("color"),
+                label=f"{label} (AuROC {100 * c['auc']:.1f} %)")
+    ax.plot([0, 1], [0, 1], color="#999999", lw=0.8, ls="--")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (IoU > 0 flagged)")
+    ax.set_ylabel("true positive rate (IoU = 0 found)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    save(fig, path)
+
+
+def iou_scatter_figure(panels: Sequence[dict], path: str | Path) -> None:
+    """Predicted against true IoU, one panel per feature set.
+
+    Parameters
+    ----------
+    panels : sequence of dict
+        ``title``, ``iou`` (true IoU_adj), ``pred`` (predicted, clipped to [0, 1]), optional
+        ``color``.
+    path : path-like
+        Destination PNG.
+    """
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.0 * n, 4.2), squeeze=False, layout="constrained")
+    for ax, p in zip(axes[0], panels):
+        iou = np.asarray(p["iou"], dtype=float)
+        pred = np.asarray(p["pred"], dtype=float)
+        ax.scatter(iou, pred, s=9, alpha=0.45, color=p.get("color", "#4c72b0"), edgecolors="none")
+        ax.plot([0, 1], [0, 1], color="#333333", lw=0.8, ls="--")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("true IoU$_{adj}$")
+        ax.set_title(p["title"], fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("predicted IoU")
+    save(fig, path)
+
+
+def correlation_figure(names: Sequence[str], pearson: Sequence[float], spearman: Sequence[float],
+                       path: str | Path, title: str = "") -> None:
+    """Pearson and Spearman correlation of segment features with the IoU, top to bottom.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Feature names, in display order (top first).
+    pearson, spearman : sequence of float
+        Correlation coefficients, same order.
+    path : path-like
+        Destination PNG.
+    title : str
+        Axes title.
+    """
+    n = len(names)
+    y = np.arange(n)
+    fig, ax = plt.subplots(figsize=(6.5, 0.3 * n + 1.3), layout="constrained")
+    ax.barh(y - 0.19, pearson, height=0.38, color="#4c72b0", label="Pearson")
+    ax.barh(y + 0.19, spearman, height=0.38, color="#dd8452", label="Spearman")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel("correlation with IoU$_{adj}$")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8, loc="lower right" if np.nanmean(np.asarray(pearson, float)) < 0 else "lower left")
+    save(fig, path)
+
+
+def frame_figure(panels: Sequence[dict], path: str | Path, ncols: int = 4, title: str = "",
+                 legend: Sequence[tuple[str, Sequence[int]]] = ()) -> None:
+    """One frame as a grid of pictures: image, label maps and heatmaps (the paper's Figures 1, 4).
+
+    Parameters
+    ----------
+    panels : sequence of dict
+        Each has ``title``, ``kind`` and ``data``:
+
+        - ``"rgb"``: ``data`` (H, W, 3) uint8, shown as is;
+        - ``"heat"``: ``data`` (H, W) float, colour map ``cmap`` (default ``"inferno"``) from
+          ``vmin`` to ``vmax`` (default: the 1st and 99th percentile of the finite values), with a
+          colour bar below;
+        - ``"iou"``: ``data`` (H, W) float in [0, 1], NaN where there is no segment (grey), red
+          (0) to green (1), with a colour bar below.
+    path : path-like
+        Destination PNG.
+    ncols : int, default 4
+        Panels per row.
+    title : str
+        Figure title.
+    legend : sequence of (str, RGB)
+        Colour legend drawn under the grid (e.g. the classes present), RGB in 0..255.
+    """
+    n = len(panels)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    h, w = np.asarray(panels[0]["data"]).shape[:2]
+    # The layout in inches: every row is title + image + colour bar, so rows never collide.
+    pw, gap, title_h, bar_h = 3.2, 0.15, 0.26, 0.40
+    img_h = pw * h / w
+    row_h = title_h + img_h + bar_h
+    top = 0.35 if title else 0.0
+    legend_rows = int(np.ceil(len(legend) / 8)) if legend else 0
+    legend_h = 0.22 * legend_rows + (0.1 if legend else 0.0)
+    fig_w = ncols * pw + (ncols - 1) * gap
+    fig_h = top + nrows * row_h + legend_h
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    for k, p in enumerate(panels):
+        r, c = divmod(k, ncols)
+        x = c * (pw + gap)
+        y_img = fig_h - top - r * row_h - title_h - img_h
+        ax = fig.add_axes((x / fig_w, y_img / fig_h, pw / fig_w, img_h / fig_h))
+        data = np.asarray(p["data"])
+        ax.set_title(p["title"], fontsize=9, pad=3)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+        if p["kind"] == "rgb":
+            ax.imshow(data, interpolation="nearest", aspect="auto")
+            continue
+        if p["kind"] == "iou":
+            cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#b0b0b0")
+            im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=1, interpolation="nearest",
+                           aspect="auto")
+            ticks = [0.0, 0.5, 1.0]
+        else:
+            finite = data[np.isfinite(data)]
+            vmin = p.get("vmin", float(np.percentile(finite, 1)) if finite.size else 0.0)
+            vmax = p.get("vmax", float(np.percentile(finite, 99)) if finite.size else 1.0)
+            if not vmax > vmin:
+                vmax = vmin + (abs(vmin) * 1e-6 or 1.0)
+            im = ax.imshow(data, cmap=p.get("cmap", "inferno"), vmin=vmin, vmax=vmax, interpolation="nearest",
+                           aspect="auto")
+            ticks = [vmin, vmax]
+        cax = fig.add_axes((x / fig_w, (y_img - 0.14) / fig_h, pw / fig_w, 0.09 / fig_h))
+        bar = fig.colorbar(im, cax=cax, orientation="horizontal", ticks=ticks)
+        bar.ax.tick_params(labelsize=7, length=2, pad=1)
+        bar.ax.set_xticklabels([_short_number(t) for t in ticks])
+        labels = bar.ax.get_xticklabels()
+        labels[0].set_ha("left")
+        labels[-1].set_ha("right")
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.1 / fig_h, va="top")
+    if legend:
+        handles = [Patch(color=np.asarray(c, dtype=float) / 255.0, label=name) for name, c in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7.5,
+                   frameon=False, bbox_to_anchor=(0.5, 0.0), handlelength=1.2, columnspacing=1.2)
+    save(fig, path)
+
+
+def _short_number(v: float) -> str:
+    v = float(v)
+    if v == 0:
+        return "0"
+    if 1e-2 <= abs(v) < 1e4:
+        return f"{v:.3g}"
+    return f"{v:.2g}"
+
+
+def ood_bar_figure(datasets: dict[str, Sequence[dict]], path: str | Path,
+                   metric_label: str = "AuPRC") -> None:
+    """One horizontal bar chart per OoD dataset: a pixel-level metric per method.
+
+    Parameters
+    ----------
+    datasets : dict
+        dataset title → sequence of dict with ``label``, ``family`` and ``value`` (a fraction;
+        NaN where undefined), top to bottom.
+    path : path-like
+        Destination PNG.
+    metric_label : str
+        Name of the metric on the x axis.
+    """
+    n = len(datasets)
+    lists = [[it["label"] for it in items] for items in datasets.values()]
+    same = all(lst == lists[0] for lst in lists)
+    rows = max(len(v) for v in lists)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + (1.6 if same else 1.6 * n), 0.28 * rows + 1.5),
+                             squeeze=False, sharey=same, layout="constrained")
+    families = []
+    for ax, (name, items) in zip(axes[0], datasets.items()):
+        y = np.arange(len(items))
+        vals = np.array([it["value"] for it in items], dtype=float)
+        families += [it["family"] for it in items]
+        ax.barh(y, np.nan_to_num(vals), color=[_family_color(it["family"]) for it in items], height=0.7)
+        for yi, v in zip(y, vals):
+            ax.annotate("–" if np.isnan(v) else f"{100 * v:.1f}", (0 if np.isnan(v) else v, yi),
+                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        if not same or ax is axes[0, 0]:
+            ax.set_yticks(y, [it["label"] for it in items], fontsize=8)
+            ax.invert_yaxis()
+        top = np.nanmax(vals, initial=0.0)
+        ax.set_xlim(0, min(1.0, top * 1.15 + 0.02) if top > 0 else 1.0)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
+        ax.set_xlabel(metric_label)
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.spines[["top", "right"]].set_visible(False)
+    families = list(dict.fromkeys(families))
+    fig.legend(handles=[Patch(color=_family_color(f), label=f) for f in families], loc="outside lower center",
+               ncol=min(len(families), 6), fontsize=8, frameon=False)
     save(fig, path)

@@ -4,13 +4,27 @@ Records are written atomically one frame at a time, so an interrupted run resume
 A record is reused when its fingerprints match the configuration: ``core`` (model + dataset),
 ``pgn`` (core + PGN settings), ``baselines`` (core + baseline settings). Changing a p value
 re-runs the (cheap) forward pass and PGN maps but keeps the costly MC-dropout and ensemble maps.
-Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) each rank takes every
-``WORLD_SIZE``-th missing frame and the records land in the same folders.
+Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) the frames are cut into fixed
+batches of ``infer.batch_size`` consecutive frames; every rank lists the batches with a missing or
+stale record, all ranks meet at a barrier (so they all see the same list), and rank ``r`` takes every
+``WORLD_SIZE``-th of them from the ``r``-th on. Records land in the same folders, one file per frame,
+so ranks never write the same file. After a second barrier rank 0 alone checks that every record is
+there, removes temporary files left by killed writers and writes the manifest; a third barrier lets
+every rank go on to the next stage only once the manifest exists. A killed rank makes ``torchrun``
+stop the job; running it again (with any number of ranks, or without ``torchrun``) computes only
+what is missing.
+
+Because a batch is always the same frames, a record does not depend on the number of ranks or on
+interruptions: on CPU it is identical to a single-process run with the same number of intra-op
+threads (``torchrun`` sets ``OMP_NUM_THREADS=1`` per rank; CPU kernels may round differently with
+another thread count).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import signal
 import time
 import zlib
 from pathlib import Path
@@ -72,14 +86,18 @@ def run(ctx: RunContext) -> dict:
     if is_up_to_date(ctx, STAGE, fp):
         log.info("infer: up to date")
         return {}
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = rank_world()
     if world > 1:
-        _init_process_group()
+        init_process_group()
     device = ctx.device
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
-    loaded = load_model(cfg["model"], device)
+    # A model without a checkpoint is randomly initialised: from a fixed seed, so that every rank
+    # and every resumed run gets the same network (its records share one "core" fingerprint).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        loaded = load_model(cfg["model"], device)
     pgn = cfg["pgn"]
     wrapper = PGNModel(loaded.model, cfg["model"].get("last_conv"), ps=tuple(pgn["ps"]),
                        labels=tuple(pgn["labels"]), weights=pgn["weights"],
@@ -87,21 +105,13 @@ def run(ctx: RunContext) -> dict:
                        deeper="deep" in pgn["layers"])
     members = _ensemble_members(cfg, loaded, device)
 
-    outputs = {}
+    batch_size = int(cfg["infer"]["batch_size"])
+    plans, outputs = [], {}
     for ds_cfg in dataset_configs(cfg):
         ds = make_dataset(ds_cfg)
         expect = group_fingerprints(cfg, ds_cfg)
         out_dir = records_dir(ctx, ds_cfg)
-        todo = [f for f in ds.frame_ids if _stale_groups(out_dir / f"{f}.npz", expect)]
-        mine = todo[rank::world]
-        bar = tqdm(total=len(mine), desc=f"infer {dataset_key(ds_cfg)}", unit="frame",
-                   disable=not ctx.progress)
-        for start in range(0, len(mine), int(cfg["infer"]["batch_size"])):
-            batch = [ds.load(f) for f in mine[start:start + int(cfg["infer"]["batch_size"])]]
-            for group in _same_size_groups(batch):
-                _infer_batch(group, ds, wrapper, loaded, members, cfg, expect, out_dir, device)
-            bar.update(len(batch))
-        bar.close()
+        plans.append((ds_cfg, ds, expect, out_dir, stale_batches(ds.frame_ids, out_dir, expect, batch_size)))
         outputs[dataset_key(ds_cfg)] = {
             "frames": ds.frame_ids,
             "label_kind": ds.label_kind,
@@ -109,18 +119,63 @@ def run(ctx: RunContext) -> dict:
             "fingerprints": expect,
             "records": str(out_dir.relative_to(ctx.run_dir)),
         }
+    barrier()  # every rank has listed the same stale batches before any rank writes
 
-    if world > 1:
-        _barrier()
-        if rank != 0:
-            return outputs
+    kill_after = _test_kill_after(rank)
+    written = 0
+    for ds_cfg, ds, expect, out_dir, batches in plans:
+        mine = batches[rank::world]
+        bar = tqdm(total=sum(map(len, mine)), desc=f"infer {dataset_key(ds_cfg)}" +
+                   (f" (rank 0 of {world})" if world > 1 else ""), unit="frame",
+                   disable=not ctx.progress or rank != 0)
+        for batch_ids in mine:
+            batch = [ds.load(f) for f in batch_ids]
+            for group in _same_size_groups(batch):
+                written += _infer_batch(group, ds, wrapper, loaded, members, cfg, expect, out_dir, device)
+                if kill_after is not None and written >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            bar.update(len(batch))
+        bar.close()
+
+    barrier()  # every rank has written its records
+    if rank == 0:
         missing = [f"{k}/{f}" for k, o in outputs.items() for f in o["frames"]
                    if _stale_groups(ctx.run_dir / o["records"] / f"{f}.npz", o["fingerprints"])]
         if missing:
             raise StageError(f"infer: {len(missing)} records missing after all ranks finished, "
                              f"e.g. {missing[:3]}; re-run to complete them")
-    write_manifest(ctx, STAGE, fp, config_part, {}, outputs, started)
+        for _, _, _, out_dir, _ in plans:
+            remove_stale_temps(out_dir)
+        write_manifest(ctx, STAGE, fp, config_part, {}, outputs, started)
+    barrier()  # the manifest exists before any rank starts the next stage
     return outputs
+
+
+def stale_batches(frame_ids: list[str], out_dir: Path, expect: dict[str, str],
+                  batch_size: int) -> list[list[str]]:
+    """The fixed batches (``batch_size`` consecutive frames) with at least one stale record.
+
+    A batch is recomputed as a whole (the model sees the same batch as in an uninterrupted run)
+    but only its stale records are written.
+    """
+    batches = [frame_ids[i:i + batch_size] for i in range(0, len(frame_ids), max(batch_size, 1))]
+    return [b for b in batches if any(_stale_groups(out_dir / f"{f}.npz", expect) for f in b)]
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temporary files (``.NAME.*.tmp`` of :func:`metaseg_pgn.io.atomic_write`) that a
+    killed writer left behind. Call only when no writer is active in ``folder``."""
+    removed = 0
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            try:
+                tmp.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+    if removed:
+        log.info("removed %d temporary files left by killed writers in %s", removed, folder)
+    return removed
 
 
 def _stale_groups(path: Path, expect: dict[str, str]) -> set[str]:
@@ -153,7 +208,8 @@ def _ensemble_members(cfg, loaded, device):
 
 
 @torch.no_grad()
-def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, device):
+def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, device) -> int:
+    """Run one batch and write the records of its stale frames; returns how many were written."""
     x = loaded.preprocess([f.image for f in frames], device)
     out = wrapper(x)
     for i, frame in enumerate(frames):
@@ -163,8 +219,11 @@ def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, dev
     names = list(out.maps)
     stacked = torch.stack([out.maps[n] for n in names], dim=1) if names else None  # (B, K, h, w)
     base_cfg = cfg["baselines"]
+    written = 0
     for i, frame in enumerate(frames):
         path = out_dir / f"{frame.frame_id}.npz"
+        if not _stale_groups(path, expect):
+            continue  # up to date: recomputed only because it shares a batch with a stale frame
         baselines = _reusable_baselines(path, expect)
         if baselines is None:
             baselines = _compute_baselines(loaded, members, base_cfg, x[i:i + 1], cfg["seed"], frame.frame_id)
@@ -182,6 +241,8 @@ def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, dev
             label_kind=ds.label_kind,
         )
         write_record(path, record)
+        written += 1
+    return written
 
 
 def _pgn_fields(stacked: torch.Tensor | None, i: int) -> dict:
@@ -209,15 +270,46 @@ def _compute_baselines(loaded, members, base_cfg, x, seed, frame_id) -> dict[str
     return {name: v[0].cpu().numpy().astype(np.float16) for name, v in maps.items()}
 
 
-def _init_process_group() -> None:
+# --- torchrun ---------------------------------------------------------------------------------
+
+#: Barriers wait at most this long for the slowest rank (torchrun stops all ranks when one dies,
+#: so a long limit never leaves a job hanging behind a dead rank).
+BARRIER_TIMEOUT = datetime.timedelta(hours=6)
+
+#: For tests only: "RANK:K" makes that rank kill itself (SIGKILL) after the batch in which its
+#: K-th record was written, as a crash would (no clean-up, no exception).
+TEST_KILL_ENV = "METASEG_PGN_TEST_KILL_RANK_AFTER"
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) without it."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world:
+        raise StageError(f"RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+    return rank, world
+
+
+def init_process_group() -> None:
+    """Join the ranks (gloo: only barriers are needed, on CPU as on GPU machines)."""
     import torch.distributed as dist
 
     if dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if rank_world()[1] <= 1:
+        return
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    init_process_group()
+    dist.barrier()
+
+
+def _test_kill_after(rank: int) -> int | None:
+    value = os.environ.get(TEST_KILL_ENV)
+    if not value:
+        return None
+    target, _, count = value.partition(":")
+    return int(count) if int(target) == rank else None

@@ -10,6 +10,14 @@ so the table is byte-identical whichever executor and worker count computed the 
 
 Executors: ``process`` (``workers=1`` runs in this process; more use a spawn-started process
 pool) and ``dask`` (``features.scheduler=ADDRESS``, or a local cluster of ``workers`` processes).
+Every frame is computed with one intra-op thread and its file holds nothing about the worker that
+made it. A Dask worker that dies takes its task with it; the scheduler runs the task again on
+another worker (tasks are impure, two retries), and a rerun of a killed stage computes only the
+frames whose files are missing. Temporary files of killed writers are removed at the end.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) rank ``r`` computes every ``WORLD_SIZE``-th frame with the
+``process`` executor, rank 0 concatenates after a barrier and writes the manifest, and a last
+barrier holds the other ranks until it exists. With ``executor=dask`` only rank 0 submits.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from ..segments import segment_features
 from ..store import read_record
 from ..table import schema_metadata, write_table
 from .common import RunContext, StageError, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+from .infer import barrier, init_process_group, rank_world, remove_stale_temps
 
 STAGE = "features"
 FEATURE_KINDS = ("semantic", None)  # OoD sets have 0/1 labels: no IoU target, not meta-learned
@@ -98,14 +107,27 @@ def run(ctx: RunContext) -> dict:
     if not jobs:
         raise StageError("features: the infer stage produced no dataset with semantic labels or "
                          "without labels; nothing to compute")
-    _execute(jobs, ctx)
+    rank, world = rank_world()
+    if world > 1:
+        init_process_group()
+        if ctx.cfg["features"].get("executor", "process") == "dask":
+            jobs = jobs if rank == 0 else []  # one client submits; the cluster spreads the work
+        else:
+            jobs = jobs[rank::world]  # from the full list: the same shards whatever is done
+    jobs = [job for job in jobs if not _done(job[1], job[3])]  # a rerun starts no idle workers
+    _execute(jobs, ctx, show_progress=rank == 0)
+    barrier()  # every rank has written its frames
 
     outputs = {}
-    for key, (name, split, files) in parts.items():
-        target = ctx.stage_dir(STAGE) / "data" / f"dataset={name}" / f"split={split}" / "part-0.parquet"
-        rows = _concatenate(files, target, {"stage_fingerprint": fp, "dataset": name, "split": split})
-        outputs[key] = {"path": str(target.relative_to(ctx.run_dir)), "rows": rows}
-    write_manifest(ctx, STAGE, fp, {}, upstream, outputs, started)
+    if rank == 0:
+        for key, (name, split, files) in parts.items():
+            remove_stale_temps(ctx.stage_dir(STAGE) / "_frames" / key)
+            target = ctx.stage_dir(STAGE) / "data" / f"dataset={name}" / f"split={split}" / "part-0.parquet"
+            remove_stale_temps(target.parent)
+            rows = _concatenate(files, target, {"stage_fingerprint": fp, "dataset": name, "split": split})
+            outputs[key] = {"path": str(target.relative_to(ctx.run_dir)), "rows": rows}
+        write_manifest(ctx, STAGE, fp, {}, upstream, outputs, started)
+    barrier()  # the manifest exists before any rank starts the next stage
     return outputs
 
 
@@ -120,16 +142,24 @@ def _name_split(cfg: dict, key: str) -> tuple[str, str]:
     return name, split
 
 
-def _execute(jobs: list[tuple], ctx: RunContext) -> None:
+def _execute(jobs: list[tuple], ctx: RunContext, show_progress: bool = True) -> None:
     fcfg = ctx.cfg["features"]
     workers = int(fcfg.get("workers", 1))
-    bar = tqdm(total=len(jobs), desc="features", unit="frame", disable=not ctx.progress)
+    if not jobs:
+        return
+    bar = tqdm(total=len(jobs), desc="features", unit="frame", disable=not (ctx.progress and show_progress))
     if fcfg.get("executor", "process") == "dask":
         _execute_dask(jobs, fcfg, workers, bar)
     elif workers <= 1:
-        for job in jobs:
-            compute_frame(*job)
-            bar.update(1)
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            for job in jobs:
+                compute_frame(*job)
+                bar.update(1)
+        finally:
+            torch.set_num_threads(threads)  # compute_frame set one thread; give this process back its own
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             for _ in pool.map(_compute_job, jobs, chunksize=1):
@@ -150,14 +180,17 @@ def _execute_dask(jobs, fcfg, workers, bar) -> None:
     address = fcfg.get("scheduler")
     cluster = None if address else LocalCluster(n_workers=max(workers, 1), threads_per_worker=1,
                                                 processes=True, dashboard_address=None)
-    with Client(address or cluster) as client:
-        # pure=False: a task lost with a killed worker is simply run again elsewhere.
-        futures = [client.submit(compute_frame, *job, pure=False, retries=2) for job in jobs]
-        for _ in as_completed(futures):
-            bar.update(1)
-        client.gather(futures)
-    if cluster is not None:
-        cluster.close()
+    try:
+        with Client(address or cluster) as client:
+            # pure=False: a task lost with a killed worker is simply run again elsewhere; its
+            # frame file is written atomically, so a second run of the same task is harmless.
+            futures = [client.submit(compute_frame, *job, pure=False, retries=2) for job in jobs]
+            for _ in as_completed(futures):
+                bar.update(1)
+            client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def _concatenate(files: list[str], target: Path, config: dict) -> int:

@@ -58,8 +58,7 @@ def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
     n = len(diagrams)
     cols = min(n, 4)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False,
-                             sharex=True, sharey=True, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False, layout="constrained")
     for ax, (name, d) in zip(axes.flat, diagrams.items()):
         edges = np.asarray(d["bin_edges"], dtype=float)
         centres = (edges[:-1] + edges[1:]) / 2
@@ -75,10 +74,11 @@ def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
         ax.set_title(name, fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-    for ax in axes[-1]:
-        ax.set_xlabel("confidence")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy")
+    for k, ax in enumerate(axes.flat[:n]):
+        if k + cols >= n:  # the lowest panel of its column
+            ax.set_xlabel("confidence")
+        if k % cols == 0:
+            ax.set_ylabel("accuracy")
     for ax in axes.flat[n:]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=7, loc="upper left")

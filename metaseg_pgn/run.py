@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     from .stages.common import StageError
     from .data.base import DataError
+    from .store import RecordError
 
     try:
         sweeps = config_mod.expand_sweep(overrides) if multirun else [overrides]
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             if multirun:
                 logging.info("multirun %d/%d: %s", i + 1, len(sweeps), " ".join(sweep))
             run_pipeline(cfg)
-    except (config_mod.ConfigError, StageError, DataError) as e:
+    except (config_mod.ConfigError, StageError, DataError, RecordError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

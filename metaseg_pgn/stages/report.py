@@ -412,7 +412,8 @@ class _Builder:
         self.doc = Doc(f"MetaSeg + PGN report: `{self.pipeline}` pipeline")
         self._predictions: pd.DataFrame | None = None
 
-    def path(self, stage: str, rel: str) -> Path:
+    def path(self, rel: str) -> Path:
+        """A file named in a manifest (relative to the run folder)."""
         return self.ctx.run_dir / rel
 
     def fig(self, name: str, draw: Callable[[Path], None], caption: str) -> None:
@@ -468,11 +469,11 @@ class _Builder:
             self.correlation()
             return
         outs = self.m["meta"]["outputs"]
-        summary = pd.read_csv(self.path("meta", outs["summary_csv"]), keep_default_na=True)
-        results = pd.read_csv(self.path("meta", outs["results_csv"]))
+        summary = pd.read_csv(self.path(outs["summary_csv"]), keep_default_na=True)
+        results = pd.read_csv(self.path(outs["results_csv"]))
         pred_file = outs.get("predictions_csv")
-        if pred_file and self.path("meta", pred_file).exists():
-            self._predictions = pd.read_csv(self.path("meta", pred_file))
+        if pred_file and self.path(pred_file).exists():
+            self._predictions = pd.read_csv(self.path(pred_file))
         mcfg = (self.m["meta"].get("config") or {}).get("meta", {})
         self.doc.p(_protocol_text(summary, results, mcfg))
         names = order_feature_sets(summary["feature_set"].astype(str))
@@ -734,7 +735,7 @@ class _Builder:
             self.doc.p(why)
             return
         outs = self.m["pixel_eval"]["outputs"]
-        table = pd.read_csv(self.path("pixel_eval", outs["table"]))
+        table = pd.read_csv(self.path(outs["table"]))
         self.doc.p(f"Per pixel of `{self.key}` (void excluded). ECE with "
                    f"{(self.m['pixel_eval'].get('config') or {}).get('n_bins', DASH)} equal-width bins; the "
                    "confidence of max softmax is the max softmax, every other score becomes 1 − score / its "
@@ -774,9 +775,9 @@ class _Builder:
             self.doc.p(why)
             return
         outs = self.m["ood_eval"]["outputs"]
-        table = pd.read_csv(self.path("ood_eval", outs["table"]))
+        table = pd.read_csv(self.path(outs["table"]))
         details = {}
-        jpath = self.path("ood_eval", outs.get("json", ""))
+        jpath = self.path(outs.get("json", ""))
         if outs.get("json") and jpath.exists():
             import json
 

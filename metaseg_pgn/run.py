@@ -58,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         sweeps = config_mod.expand_sweep(overrides) if multirun else [overrides]
+        # The swept arguments, by position: an argument equal to another one (a base override
+        # `meta.n_runs=2` before the sweep `meta.n_runs=1,2`) must not hide this run's value.
+        varying = [k for k in range(len(overrides)) if len({s[k] for s in sweeps}) > 1]
         for i, sweep in enumerate(sweeps):
             cfg = config_mod.compose(sweep)
             if multirun and len(sweeps) > 1:
-                swept = [o for o in sweep if o not in overrides]  # the values this run picked
+                swept = [sweep[k] for k in varying]  # the values this run picked
                 cfg["run_dir"] = f"{cfg['run_dir']}/{','.join(swept)}"
             if show_cfg:
                 print(config_mod.to_yaml(cfg))

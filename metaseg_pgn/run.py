@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 swept = [sweep[k] for k in varying]  # the values this run picked
                 cfg["run_dir"] = f"{cfg['run_dir']}/{','.join(swept)}"
             if show_cfg:
+                if multirun and len(sweeps) > 1:
+                    print("---")  # one YAML document per run (mappings run together would merge)
                 print(config_mod.to_yaml(cfg))
                 continue
             if multirun:

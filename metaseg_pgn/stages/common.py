@@ -74,13 +74,42 @@ def read_manifest(ctx: RunContext, stage: str) -> dict | None:
 
 
 def require_manifest(ctx: RunContext, stage: str, needed_by: str) -> dict:
+    """The manifest of ``stage``, whose outputs ``needed_by`` reads.
+
+    Refuses (StageError) outputs that this run's configuration would not produce: a configuration
+    section recorded in the manifest (or in an upstream manifest it was made from) that differs
+    from the current one, or an upstream stage that has re-run since. Otherwise a stage run on its
+    own (``stage=features`` after changing ``pgn.ps``) would silently evaluate the old outputs.
+    """
     manifest = read_manifest(ctx, stage)
     if manifest is None:
         raise StageError(
             f"stage {needed_by!r} needs the outputs of {stage!r}, but {manifest_path(ctx, stage)} "
             f"does not exist: run stage={stage} first (or stage=all)"
         )
+    _require_current(ctx, stage, needed_by, manifest)
     return manifest
+
+
+def _require_current(ctx: RunContext, stage: str, needed_by: str, manifest: dict) -> None:
+    # Sections are top-level configuration keys (infer, features, meta); keys that are not (a
+    # stage recording the inside of its own section) cannot be compared and are left alone.
+    differ = [key for key, value in (manifest.get("config") or {}).items()
+              if key in ctx.cfg and fingerprint(value) != fingerprint(ctx.cfg[key])]
+    if differ:
+        raise StageError(
+            f"stage {needed_by!r} needs the outputs of {stage!r}, but {manifest_path(ctx, stage)} records "
+            f"another configuration ({', '.join(map(repr, differ))} differ from this run's): "
+            f"run stage={stage} first (or stage=all)"
+        )
+    for up, fp in (manifest.get("upstream") or {}).items():
+        up_manifest = read_manifest(ctx, up)
+        if up_manifest is None or up_manifest.get("fingerprint") != fp:
+            raise StageError(
+                f"stage {needed_by!r} needs the outputs of {stage!r}, but they were made from outputs "
+                f"of {up!r} that have changed since (or are gone): run stage={stage} first (or stage=all)"
+            )
+        _require_current(ctx, up, needed_by, up_manifest)
 
 
 def stage_fingerprint(config_part: Any, upstream: dict[str, str]) -> str:

@@ -273,6 +273,25 @@ def test_stages_rerun_exactly_when_their_inputs_change(tmp_path, caplog):
         assert np.array_equal(new["pred"], old["pred"])
 
 
+def test_a_stage_refuses_upstream_outputs_of_another_configuration(tmp_path):
+    """Asked to run alone, a stage must not silently read outputs that the current configuration
+    would not produce (e.g. the PGN maps of the previous p values)."""
+    run = tmp_path / "run"
+    run_pipeline(compose(run, n=3))
+    before = snapshot(run)
+    for stage in ("features", "meta"):  # infer has not run with the new p values
+        with pytest.raises(StageError, match=r"'pgn'.*run stage=infer"):
+            run_pipeline(compose(run, "pgn.ps=[2]", n=3, stage=stage))
+    assert snapshot(run) == before
+
+    run_pipeline(compose(run, "pgn.ps=[2]", n=3, stage="infer"))
+    with pytest.raises(StageError, match="run stage=features"):  # the table is from the old records
+        run_pipeline(compose(run, "pgn.ps=[2]", n=3, stage="meta"))
+    run_pipeline(compose(run, "pgn.ps=[2]", n=3, stage="[features,meta]"))
+    assert "pgn_last_oh_p2_mean" in pq.read_schema(table_path(run)).names
+    assert "pgn_last_oh_p0_5_mean" not in pq.read_schema(table_path(run)).names
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. meta results recomputed with plain scikit-learn
 

@@ -46,8 +46,9 @@ def run_in_process(run_dir: Path, *extra: str) -> None:
         torch.set_num_threads(threads)
 
 
-def torchrun(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+def torchrun(run_dir: Path, *extra: str, env: dict | None = None,
+             launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *launcher,
            "-m", "metaseg_pgn.run", *overrides(run_dir, *extra)]
     full_env = {k: v for k, v in os.environ.items() if k != TEST_KILL_ENV}
     full_env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})})
@@ -217,8 +218,21 @@ def test_torchrun_killed_rank_rerun_completes(reference, tmp_path):
     assert not temp_files(run_dir)
 
 
+def test_torchrun_restarts_itself_after_killed_rank(reference, tmp_path):
+    """With --max-restarts torchrun reruns the job by itself: rank 1 kills itself after each batch it
+    writes, every restart resumes from the records on disk, the last attempt completes the store."""
+    run_dir = tmp_path / "run"
+    done = torchrun(run_dir, "stage=[infer,features]", env={TEST_KILL_ENV: "1:1"}, launcher=("--max-restarts", "3"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "exitcode: -9" in done.stderr  # at least one rank was killed and the job restarted
+    assert_same_records(run_dir, reference)
+    assert_same_features(run_dir, reference)
+    assert not temp_files(run_dir)
+
+
 # --- the table for other engines ----------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:The inplace keyword")  # inside dask's Parquet reader (pandas 3.1)
 def test_partitioned_table_read_by_duckdb_dask_pandas(reference):
     """The Hive-partitioned folder is read directly by DuckDB, Dask and pandas, with the partition
     columns, and gives the rows of read_features."""

@@ -293,8 +293,22 @@ def init_process_group() -> None:
     """Join the ranks (gloo: only barriers are needed, on CPU as on GPU machines)."""
     import torch.distributed as dist
 
-    if dist.is_available() and not dist.is_initialized():
+    if not dist.is_available() or dist.is_initialized():
+        return
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+        return
+    # Under torchrun, keys of this attempt's process group get their own prefix: after a restart
+    # (--max-restarts) the agent's store still holds the killed attempt's addresses, and gloo
+    # would try to connect to them.
+    rank, world = rank_world()
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent_store, timeout=BARRIER_TIMEOUT,
+                          multi_tenant=not agent_store)
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"metaseg_pgn/attempt{restart}", store),
+                            rank=rank, world_size=world, timeout=BARRIER_TIMEOUT)
 
 
 def barrier() -> None:

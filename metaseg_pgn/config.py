@@ -223,6 +223,9 @@ ALL_STAGES = ("infer", "features", "meta", "pixel_eval", "ood_eval", "report")
 def validate(cfg: dict) -> None:
     """Check values whose mistakes would otherwise surface deep inside a stage."""
     stage = cfg["stage"]
+    if not isinstance(stage, (str, list, tuple)) or (not isinstance(stage, str) and not stage):
+        raise ConfigError(f"stage={stage!r}: give a stage name or a non-empty list of them, "
+                          f"from {('all',) + STAGES}")
     stages = [stage] if isinstance(stage, str) else list(stage)
     for s in stages:
         if s != "all" and s not in STAGES:
@@ -247,10 +250,12 @@ def validate(cfg: dict) -> None:
 
 
 def stages_to_run(cfg: dict) -> list[str]:
+    """The stages to run in the given order; ``all`` (alone or in a list) stands for ALL_STAGES."""
     stage = cfg["stage"]
-    if stage == "all":
-        return list(ALL_STAGES)
-    return [stage] if isinstance(stage, str) else list(stage)
+    out: list[str] = []
+    for s in [stage] if isinstance(stage, str) else list(stage):
+        out.extend(ALL_STAGES if s == "all" else [s])
+    return list(dict.fromkeys(out))  # a stage named twice runs once
 
 
 def to_yaml(cfg: dict) -> str:

@@ -68,3 +68,12 @@ def test_multirun_gives_one_run_folder_per_value(tmp_path):
         results = pd.read_csv(sweep / f"meta.n_runs={n}" / "meta" / "meta_results.csv")
         assert sorted(results["run"].unique()) == list(range(n))
         assert (results["feature_set"] == "metaseg").all()
+
+
+def test_stage_lists_may_name_all():
+    """``all`` inside a list stands for the documented stages (it used to reach the stage table as a
+    stage named 'all' and fail with KeyError)."""
+    everything = ["infer", "features", "meta", "pixel_eval", "ood_eval", "report"]
+    assert config_mod.stages_to_run(config_mod.compose(["stage=[all]"])) == everything
+    assert config_mod.stages_to_run(config_mod.compose(["stage=[train,all]"])) == ["train", *everything]
+    assert config_mod.stages_to_run(config_mod.compose(["stage=[infer,features]"])) == ["infer", "features"]

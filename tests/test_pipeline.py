@@ -516,7 +516,8 @@ def test_meta_refuses_a_table_without_targets(tmp_path):
 
 
 @pytest.mark.parametrize("override, named", [("pgn.wieghts=paper", "pgn.wieghts"),
-                                             ("pgn.weights=papr", "papr"), ("stage=inference", "inference")])
+                                             ("pgn.weights=papr", "papr"), ("stage=inference", "inference"),
+                                             ("stage=[]", "stage=[]")])
 def test_cli_bad_override_exits_2_with_one_line(tmp_path, override, named):
     proc = subprocess.run([sys.executable, "-m", "metaseg_pgn.run", override, f"run_dir={tmp_path / 'run'}"],
                           cwd=REPO, capture_output=True, text=True, timeout=120,

@@ -48,8 +48,11 @@ def run(ctx: RunContext) -> dict:
     # Resolve the feature sets on the schema alone, then read only the columns they need.
     names = pq.read_schema(path).names
     empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in names})
-    sets = feature_sets_from_config(mcfg)
-    resolved = resolve_feature_sets(empty, sets or None)
+    try:  # unknown names, bad patterns, sets the table cannot serve: configuration errors
+        sets = feature_sets_from_config(mcfg)
+        resolved = resolve_feature_sets(empty, sets or None)
+    except ValueError as e:
+        raise StageError(f"meta: {e}") from None
     needed = sorted({c for _, cols in resolved for c in cols} | (set(NON_FEATURE_COLUMNS) & set(names)) | {"S_in"})
     df = read_features(path, columns=[c for c in names if c in needed])
     try:

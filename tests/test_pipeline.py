@@ -515,6 +515,18 @@ def test_meta_refuses_a_table_without_targets(tmp_path):
     assert under(snapshot(run), "meta/") == before
 
 
+def test_meta_bad_feature_sets_are_one_line_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    run_pipeline(compose(run, n=3, stage="[infer,features]"))
+    for override, named in (("meta.feature_sets=[nosuch]", "'nosuch'"),
+                            ("meta.custom_feature_sets.mine=[E_(]", "'mine'"),
+                            ("meta.feature_sets=[metaseg,ensemble]", "'ensemble'")):  # no ensemble maps
+        assert main(overrides(run, override, n=3, stage="meta")) == 2, override
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: meta:") and named in err, err
+    assert not (run / "meta").exists()
+
+
 @pytest.mark.parametrize("override, named", [("pgn.wieghts=paper", "pgn.wieghts"),
                                              ("pgn.weights=papr", "papr"), ("stage=inference", "inference"),
                                              ("stage=[]", "stage=[]")])

@@ -98,10 +98,9 @@ def run_pipeline(cfg: dict) -> None:
 def _seeded(seed: int):
     """Every stage starts from torch's RNG seeded with ``seed`` (the caller's CPU RNG is restored).
 
-    Anything random a stage draws from the global RNG is then a function of the configuration, as
-    the fingerprints assume: above all the random initialisation of a model without checkpoint
-    (``model=checkpoint`` with ``model.checkpoint=null``), which otherwise differed between runs,
-    between a run and its resumption, and between the ranks of a distributed ``infer``.
+    Anything random a stage draws from torch's global RNG is then a function of the configuration,
+    as the fingerprints assume, not of what ran before in the process. (``infer`` initialises a
+    model without checkpoint from its own fixed seed, the same on every rank and run.)
     """
     import torch
 

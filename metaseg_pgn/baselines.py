@@ -5,7 +5,10 @@ Both average T softmax outputs ``s_t``. With ``s̄ = mean_t s_t`` and ``H(s) = -
 - ``*_E``  = H(s̄) / log C                      (normalised entropy of the mean prediction)
 - ``*_MI`` = (H(s̄) - mean_t H(s_t)) / log C    (mutual information, normalised likewise)
 
-Samples are accumulated one at a time, so memory does not grow with T.
+Samples are accumulated one at a time, in float32, so memory does not grow with T. A model that
+offers ``mc_dropout_split() -> (trunk, head)`` (all dropout layers in ``head``, as in
+:class:`metaseg_pgn.models.deeplab.DeepLabV3Plus`) gets its trunk run once and only its head
+sampled: the same samples as T full forward passes, at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -24,11 +27,19 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=1)
 
 
+def _softmax_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(z) and its entropy ``logsumexp(z) − Σ s·z`` (no log of tiny probabilities)."""
+    z = logits.float()
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    probs = torch.exp(z - lse)
+    return probs, (lse[:, 0] - (probs * z).sum(dim=1)).clamp_min(0.0)
+
+
 class PredictiveAccumulator:
     """Running mean of softmax samples and of their entropies.
 
-    ``update(probs)`` with probs (B, C, H, W); ``compute()`` returns ``(mean_probs, E, MI)`` with
-    E and MI of shape (B, H, W), float32.
+    ``update(probs)`` with probs (B, C, H, W), or ``update_logits(logits)``; ``compute()`` returns
+    ``(mean_probs, E, MI)`` with E and MI of shape (B, H, W), float32.
     """
 
     def __init__(self) -> None:
@@ -37,8 +48,13 @@ class PredictiveAccumulator:
         self.count = 0
 
     def update(self, probs: torch.Tensor) -> None:
-        probs = probs.to(torch.float64)
-        ent = _entropy(probs)
+        probs = probs.float()
+        self._add(probs, _entropy(probs))
+
+    def update_logits(self, logits: torch.Tensor) -> None:
+        self._add(*_softmax_and_entropy(logits))
+
+    def _add(self, probs: torch.Tensor, ent: torch.Tensor) -> None:
         if self.sum_probs is None:
             self.sum_probs, self.sum_entropy = probs.clone(), ent
         else:
@@ -53,7 +69,7 @@ class PredictiveAccumulator:
         log_c = math.log(mean.shape[1])
         h_mean = _entropy(mean)
         mi = (h_mean - self.sum_entropy / self.count).clamp_min(0.0)
-        return mean.float(), (h_mean / log_c).float(), (mi / log_c).float()
+        return mean, h_mean / log_c, mi / log_c
 
 
 @contextlib.contextmanager
@@ -93,9 +109,16 @@ def mc_dropout_maps(model: nn.Module, x: torch.Tensor, samples: int = 25,
         Seeds torch's RNG for the passes so results are reproducible (restored afterwards).
     """
     acc = PredictiveAccumulator()
+    split = getattr(model, "mc_dropout_split", None)
     with _seeded(generator_seed), mc_dropout(model):
-        for _ in range(samples):
-            acc.update(torch.softmax(_output(model(x)).float(), dim=1))
+        if split is not None:
+            trunk, head = split()
+            state = trunk(x)
+            for _ in range(samples):
+                acc.update_logits(head(state))
+        else:
+            for _ in range(samples):
+                acc.update_logits(_output(model(x)))
     _, e, mi = acc.compute()
     return {"mcd_E": e, "mcd_MI": mi}
 
@@ -105,7 +128,7 @@ def ensemble_maps(models: Iterable[nn.Module] | Iterable[Callable], x: torch.Ten
     """Deep-ensemble maps ``ens_E``, ``ens_MI``, each (B, H, W) float32 (models in eval mode)."""
     acc = PredictiveAccumulator()
     for member in models:
-        acc.update(torch.softmax(_output(member(x)).float(), dim=1))
+        acc.update_logits(_output(member(x)))
     _, e, mi = acc.compute()
     return {"ens_E": e, "ens_MI": mi}
 

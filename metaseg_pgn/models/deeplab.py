@@ -176,11 +176,18 @@ class Head(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1, bias=True)
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, cin, h, w) -> ψ, the classifier's input before dropout (B, channels, h, w)."""
+        x = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(x)))
+
+    def out(self, psi: torch.Tensor) -> torch.Tensor:
+        """ψ -> logits (B, num_classes, h, w): dropout and the 1 x 1 classifier."""
+        return self.classifier(self.dropout(psi))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, cin, h, w) -> logits (B, num_classes, h, w)."""
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        return self.classifier(self.dropout(x))
+        return self.out(self.trunk(x))
 
 
 class DeepLabV3Plus(nn.Module):
@@ -333,10 +340,31 @@ class DeepLabV3Plus(nn.Module):
         -------
         Tensor, shape (B, C, ceil(ceil(H/2)/2), ceil(ceil(W/2)/2))
         """
+        return self.head(self._decoder_input(x))
+
+    def _decoder_input(self, x: torch.Tensor) -> torch.Tensor:
         low, high = self.features(x)
         low = self.low_level(low)
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
-        return self.head(torch.cat([high, low], dim=1))
+        return torch.cat([high, low], dim=1)
+
+    def mc_dropout_split(self):
+        """``(trunk, head)`` with ``head(trunk(x)) == forward(x)`` and every dropout layer in ``head``.
+
+        MC dropout (:func:`metaseg_pgn.baselines.mc_dropout_maps`) then runs the deterministic
+        trunk once and only the head (dropout, classifier, resize) per sample — the same samples
+        as full forward passes, at a fraction of the cost.
+        """
+
+        def trunk(x: torch.Tensor):
+            return self.head.trunk(self._decoder_input(x)), tuple(x.shape[-2:])
+
+        def head(state) -> torch.Tensor:
+            psi, size = state
+            z = self.head.out(psi)
+            return F.interpolate(z, size=size, mode="bilinear", align_corners=self.align_corners)
+
+        return trunk, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits at the input size.

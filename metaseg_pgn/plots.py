@@ -112,6 +112,11 @@ def sparsification_figure(curves: dict[str, dict], path: str | Path) -> None:
 # Report figures
 
 
+def _percent(v: float, _pos=None) -> str:
+    """Tick label of a fraction as a whole percentage (never "-0 %")."""
+    return f"{round(100 * v) + 0:.0f} %"
+
+
 def _family_color(family: str) -> str:
     return FAMILY_COLORS.get(family, FAMILY_COLORS["other"])
 
@@ -121,7 +126,8 @@ def _family_legend(ax, families: Sequence[str], **kwargs) -> None:
     ax.legend(handles=[Patch(color=_family_color(f), label=f) for f in seen], **kwargs)
 
 
-def meta_bar_figure(rows: Sequence[dict], path: str | Path, r2_floor: float = -1.0) -> None:
+def meta_bar_figure(rows: Sequence[dict], path: str | Path, r2_floor: float = -1.0,
+                    reference: int | None = None) -> None:
     """Meta classification AuROC and meta regression R² per feature set (the paper's Figure 3).
 
     Horizontal bars with ± one standard deviation over runs as error bars (cut at 100 %); AuROC
@@ -138,6 +144,8 @@ def meta_bar_figure(rows: Sequence[dict], path: str | Path, r2_floor: float = -1
         Destination PNG.
     r2_floor : float, default -1
         Left end of the R² axis (when some R² is below 0).
+    reference : int, optional
+        Index of the row (e.g. MetaSeg) whose means are drawn as dotted lines across the panels.
     """
     n = len(rows)
     y = np.arange(n)
@@ -166,12 +174,14 @@ def meta_bar_figure(rows: Sequence[dict], path: str | Path, r2_floor: float = -1
         span = 1.0 - lo
         step = 0.1 if span <= 0.6 else 0.25 if span <= 1.5 else 0.5
         ax.set_xticks(np.arange(np.ceil(lo / step - 1e-9) * step, 1.0 + 1e-9, step))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
-        ax.set_xlim(lo, 1.0 + 0.42 * span)
-        ax.axvspan(1.0, 1.0 + 0.42 * span, color="white", zorder=3)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_percent))
+        if reference is not None and shown[reference]:
+            ax.axvline(drawn[reference], color=colors[reference], lw=1.0, ls=":", zorder=2.5)
+        ax.set_xlim(lo, 1.0 + 0.36 * span)
+        ax.axvspan(1.0, 1.0 + 0.36 * span, color="white", zorder=3)
         for yi, m, s, ok in zip(y, mean, std, shown):
             text = f"{100 * m:.1f} ± {100 * s:.1f}" if ok else "–"
-            ax.text(1.0 + 0.4 * span, yi, text, va="center", ha="right", fontsize=7.5, zorder=4,
+            ax.text(1.0 + 0.35 * span, yi, text, va="center", ha="right", fontsize=7.5, zorder=4,
                     family="monospace")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
@@ -398,7 +408,7 @@ def ood_bar_figure(datasets: dict[str, Sequence[dict]], path: str | Path,
             ax.invert_yaxis()
         top = np.nanmax(vals, initial=0.0)
         ax.set_xlim(0, min(1.0, top * 1.15 + 0.02) if top > 0 else 1.0)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_percent))
         ax.set_xlabel(metric_label)
         ax.set_title(name, fontsize=10)
         ax.grid(axis="x", alpha=0.3)

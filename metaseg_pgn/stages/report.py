@@ -513,9 +513,12 @@ class _Builder:
                  "auroc": r["auroc_test_mean"], "auroc_std": r["auroc_test_std"],
                  "r2": r["r2_test_mean"], "r2_std": r["r2_test_std"]} for r in rows]
         n_runs = int(rows[0]["n_runs"]) if len(rows) else 0
-        self.fig("meta_bars.png", lambda p: meta_bar_figure(bars, p),
+        names = [r["feature_set"] for r in rows]
+        ref = names.index("metaseg") if "metaseg" in names else None
+        self.fig("meta_bars.png", lambda p: meta_bar_figure(bars, p, reference=ref),
                  f"Meta classification AuROC and meta regression R² per feature set, test part, mean ± std "
-                 f"over {n_runs} runs (bars: AuROC from chance level 50 %, R² from 0; the paper's Figure 3).")
+                 f"over {n_runs} runs (bars: AuROC from chance level 50 %, R² from 0; dotted: MetaSeg; the paper's "
+                 "Figure 3).")
         pred = self._predictions
         if pred is None or pred.empty:
             self.doc.p("No `meta/meta_predictions.csv`: the ROC and IoU scatter figures are left out.")

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import metaseg_pgn.pgn as pgn_module
 from metaseg_pgn.pgn import (
     LABELS,
     PGN_PS,
+    WEIGHTS,
     ConvGeometry,
     deeper_layer_pgn,
     format_p,
@@ -373,3 +375,220 @@ def test_deeper_layer_refuses_what_it_cannot_factorise():
         deeper_layer_pgn(psi_prev[:, :, :4], conv_prev, bn, psi, z, last1)
     with pytest.raises(ValueError, match="features"):
         deeper_layer_pgn(psi_prev, conv_prev, random_bn(CHANNELS + 1, seed=31), psi, z, last1)
+
+
+# ------------------------------------------------------------------------------------------------
+# the float32 path: float32 inputs against the float64 computation of the same values
+#
+# Bound: RTOL32 = 1e-5. Each float32 term |x|^p carries a few units u = 6e-8 of rounding (one
+# log/exp, up to four products); float32 sums of non-negative terms add ~√K·u (BLAS/torch
+# accumulation over K channels, ≤ (K-1)·u in the never-reached worst case), except for p < 1/4,
+# whose terms are accumulated in float64; (·)^(1/p) multiplies relative errors by 1/p ≤ 4 there.
+# That is ≤ ~2e-6 for K ≤ 256 (measured ≤ 2e-6 over the 32k pixels of the compact model at
+# 512 x 1024); 1e-5 leaves a margin of 5. The deeper layer's δ = K'ᵀv has an exception, tested
+# separately: entries that nearly cancel are accurate only relative to the cancelling terms.
+
+RTOL32 = 1e-5
+
+
+def both_precisions(fn, *tensors):
+    """fn on the tensors as float32 and on the same values as float64."""
+    t32 = [t.float() for t in tensors]
+    return fn(*t32), fn(*[t.double() for t in t32])
+
+
+def assert_close_maps(got, expected, rtol=RTOL32):
+    assert list(got) == list(expected)
+    for name in got:
+        assert got[name].dtype == torch.float64 and torch.isfinite(got[name]).all(), name
+        torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=0, msg=name)
+
+
+def realistic(seed, channels=64, classes=19, b=2, h=12, w=20, scale=3.0):
+    """ReLU activations (about 40 % zeros) and logits with spread-out and confident pixels."""
+    g = torch.Generator().manual_seed(seed)
+    psi = torch.relu(torch.randn(b, channels, h, w, generator=g, dtype=torch.float64) + 0.3)
+    z = torch.randn(b, classes, h, w, generator=g, dtype=torch.float64) * scale
+    return psi, z
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def float32_backend(request, monkeypatch):
+    """The CPU float32 passes run in numpy; without numpy (and on GPUs) in torch: test both."""
+    if request.param == "torch":
+        monkeypatch.setattr(pgn_module, "_np", None)
+    return request.param
+
+
+@pytest.mark.parametrize("weights", ["paper", "gradient"])
+@pytest.mark.parametrize("conv_name", list(CONVS))
+def test_float32_last_layer_matches_float64(conv_name, weights, float32_backend):
+    kernel, dilation, padding = CONVS[conv_name]
+    geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, kernel, dilation=dilation, padding=padding))
+    psi, _ = realistic(40)
+    z = torch.randn(2, 19, *geometry.output_size(12, 20), generator=torch.Generator().manual_seed(41)) * 3
+    got, expected = both_precisions(
+        lambda a, b: last_layer_pgn(a, b, geometry, weights=weights), psi, z)
+    assert_close_maps(got, expected)
+
+
+@pytest.mark.parametrize("weights", ["paper", "gradient"])
+def test_float32_input_resolution_matches_float64(weights, float32_backend):
+    """Resolution "input" computes in float64 for any input (float32 resize weights would blur
+    exact zeros, which p = 0.1 amplifies): float32 inputs give the float64 result."""
+    geometry = ConvGeometry.from_conv(nn.Conv2d(CHANNELS, CLASSES, 3, padding=1))
+    psi, z = realistic(42, channels=CHANNELS, classes=CLASSES, h=H, w=W)
+    got, expected = both_precisions(
+        lambda a, b: last_layer_pgn(a, b, geometry, weights=weights, resolution="input",
+                                    output_size=(4 * H + 1, 4 * W - 3), chunk_rows=5), psi, z)
+    assert_close_maps(got, expected)
+
+
+def test_float32_confident_pixels_and_ties(float32_backend):
+    """Logit gaps up to ~200 (the float32 softmax would be exactly 0 or 1 there) and tied maxima:
+    the one-hot maps stay accurate (they are built from the second-largest logit)."""
+    geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 1))
+    psi, z = realistic(43, scale=40.0)
+    z[0, :, 0, 0] = 0.0  # all tied
+    z[0, 3, 0, 1] = z[0, 7, 0, 1] = z[0, :, 0, 1].max() + 1  # two tied maxima
+    z[1, 5, 2, 2] = 200.0  # s_2 ≈ e^-200: 0 in float32
+    for weights in WEIGHTS:
+        got, expected = both_precisions(lambda a, b: last_layer_pgn(a, b, geometry, weights=weights), psi, z)
+        assert_close_maps(got, expected)
+        assert got["pgn_last_oh_p1"][1, 2, 2] > 0
+    # the ties against autograd (float64): ĉ is the first maximum, as argmax
+    conv = make_conv(CHANNELS, CLASSES, 1, 1, 0, True, seed=44)
+    with torch.no_grad():
+        conv.weight[1] = conv.weight[2]
+        conv.bias[1] = conv.bias[2]  # classes 1 and 2 always tie
+    psi64 = make_psi(seed=45)
+    out = conv(psi64)
+    maps = last_layer_pgn(psi64, out.detach(), conv, weights="gradient")
+    pixels = all_pixels(B, H, W)
+    for label in LABELS:
+        expected = autograd_norms(out, [conv.weight, conv.bias], pixels, label, "gradient")
+        torch.testing.assert_close(ours_at(maps, "last", label, pixels), expected, rtol=RTOL, atol=0)
+
+
+def test_float32_p01_with_2304_entry_patches_and_large_activations(float32_backend):
+    """The regime that motivates the float64 combination: (Σ|x|^0.1)^10 of 2304-entry patches of
+    activations up to 1e3 exceeds the float32 range; the float32 path is finite and accurate.
+    Activations of both signs (not a ReLU output): |ψ| is taken."""
+    g = torch.Generator().manual_seed(46)
+    geometry = ConvGeometry.from_conv(nn.Conv2d(256, 19, 3, padding=1))
+    psi = (torch.rand(1, 256, 5, 6, generator=g, dtype=torch.float64) * 2 - 1) * 1e3
+    z = torch.randn(1, 19, 5, 6, generator=g, dtype=torch.float64)
+    got, expected = both_precisions(lambda a, b: last_layer_pgn(a, b, geometry), psi, z)
+    assert_close_maps(got, expected)
+    assert float(got["pgn_last_uni_p0_1"].max()) > torch.finfo(torch.float32).max
+
+
+@pytest.mark.parametrize("magnitude", [1e20, 1e-25], ids=["overflow", "underflow"])
+def test_float32_guard_recomputes_in_float64(magnitude, float32_backend, monkeypatch):
+    """|ψ|² of 1e20 overflows float32 (inf), of 1e-25 underflows to 0: those sums are detected and
+    recomputed in float64, so the maps are finite and accurate."""
+    redone = []
+    trouble = pgn_module._float32_trouble
+    monkeypatch.setattr(pgn_module, "_float32_trouble",
+                        lambda sums, ps: redone.append(trouble(sums, ps)) or redone[-1])
+    geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 3, padding=1))
+    psi, z = realistic(47)
+    psi = psi * magnitude
+    psi[0, :, 0, 0] = 0.0  # an all-zero pixel is not mistaken for an underflow
+    got, expected = both_precisions(lambda a, b: last_layer_pgn(a, b, geometry), psi, z)
+    assert_close_maps(got, expected)
+    assert redone and redone[0] == [PGN_PS.index(2.0)]  # only p = 2 needed float64
+    assert got["pgn_last_oh_p2"][0, 0, 0] > 0
+
+
+def test_float32_all_zero_psi_needs_no_fallback(monkeypatch):
+    redone = []
+    trouble = pgn_module._float32_trouble
+    monkeypatch.setattr(pgn_module, "_float32_trouble",
+                        lambda sums, ps: redone.append(trouble(sums, ps)) or redone[-1])
+    geometry = ConvGeometry.from_conv(nn.Conv2d(8, 4, 1, bias=False))
+    maps = last_layer_pgn(torch.zeros(1, 8, 3, 3), torch.randn(1, 4, 3, 3), geometry)
+    assert redone == [[]] and all((m == 0).all() for m in maps.values())
+
+
+def test_float32_bad_activations_are_refused(float32_backend):
+    geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 1))
+    psi, z = realistic(48)
+    psi, z = psi.float(), z.float()
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad = psi.clone()
+        bad[1, 3, 4, 5] = value
+        with pytest.raises(ValueError, match="NaN/inf"):
+            last_layer_pgn(bad, z, geometry)
+        bad_z = z.clone()
+        bad_z[0, 2, 1, 1] = value
+        with pytest.raises(ValueError, match="NaN/inf"):
+            last_layer_pgn(psi, bad_z, geometry)
+
+
+def test_float32_patch_power_sums_match_float64(float32_backend):
+    geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 3, dilation=2, padding=2))
+    psi, _ = realistic(49)
+    psi = psi - 0.5  # both signs
+    ps = (0.1, 0.2, 0.25, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)  # products, einsum and own passes
+    got, expected = both_precisions(lambda a: patch_power_sums(a, geometry, ps), psi)
+    assert got.dtype == torch.float64
+    for i, p in enumerate(ps):  # a sum's relative error becomes 1/p times larger in the map
+        torch.testing.assert_close(got[i], expected[i], rtol=RTOL32 * p, atol=0, msg=f"p={p}")
+
+
+def deep_setup(seed, nonneg_kernel=False):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    conv_prev = nn.Conv2d(32, 64, 3, padding=1).double()
+    bn = random_bn(64, seed + 1)
+    conv_last = nn.Conv2d(64, 19, 1).double()
+    if nonneg_kernel:
+        with torch.no_grad():
+            conv_last.weight.abs_()
+            bn.weight.abs_()
+    psi_prev = torch.relu(torch.randn(2, 32, 10, 14, generator=g, dtype=torch.float64))
+    with torch.no_grad():
+        psi = torch.relu(bn(conv_prev(psi_prev)))
+        z = conv_last(psi) * 3
+    return psi_prev, conv_prev, bn, psi, z, conv_last
+
+
+@pytest.mark.parametrize("weights", ["paper", "gradient"])
+def test_float32_deeper_layer_matches_float64(weights, float32_backend):
+    """p ≥ 1 at 1e-5. For p < 1, an entry of δ = K'ᵀv that nearly cancels (computed in float32 from
+    a float32 v) is accurate only relative to the cancelling terms, and |δ|^p with small p weighs
+    such entries: relative errors up to ~1e-3 at p = 0.1 occur on real activations."""
+    psi_prev, conv_prev, bn, psi, z, conv_last = deep_setup(50)
+    got, expected = both_precisions(
+        lambda a, b, c: deeper_layer_pgn(a, conv_prev, bn, b, c, conv_last, weights=weights), psi_prev, psi, z)
+    for name in got:
+        p = float(name.split("_p")[1].replace("_", "."))
+        torch.testing.assert_close(got[name], expected[name], rtol=RTOL32 if p >= 1 else 3e-3, atol=0, msg=name)
+
+
+def test_float32_deeper_layer_without_cancellation_matches_float64(float32_backend):
+    """With K' ≥ 0 and the paper's v ≥ 0, δ has no cancellation: every p within 1e-5."""
+    psi_prev, conv_prev, bn, psi, z, conv_last = deep_setup(51, nonneg_kernel=True)
+    got, expected = both_precisions(
+        lambda a, b, c: deeper_layer_pgn(a, conv_prev, bn, b, c, conv_last), psi_prev, psi, z)
+    assert_close_maps(got, expected)
+
+
+def test_float32_results_do_not_depend_on_threads_or_chunks(monkeypatch):
+    psi_prev, conv_prev, bn, psi, z, conv_last = deep_setup(52)
+    psi_prev, psi, z = psi_prev.float(), psi.float(), z.float()
+
+    def run():
+        maps = last_layer_pgn(psi, z, conv_last)
+        maps.update(deeper_layer_pgn(psi_prev, conv_prev, bn, psi, z, conv_last))
+        return maps
+    reference = run()
+    monkeypatch.setattr(pgn_module, "_POWER_CHUNK_ELEMS", 64 * 14 * 2 * 3)  # 3 rows per chunk
+    torch.set_num_threads(2)  # the one_thread fixture restores the count
+    try:
+        chunked = run()
+    finally:
+        torch.set_num_threads(1)
+    for name in reference:
+        torch.testing.assert_close(chunked[name], reference[name], rtol=1e-6, atol=0, msg=name)

@@ -8,7 +8,7 @@ from torch import nn
 
 from metaseg_pgn.models.deeplab import compact
 from metaseg_pgn.pgn import LABELS, PGN_PS, deeper_layer_pgn, last_layer_pgn, map_name, resize_maps
-from metaseg_pgn.wrapper import PGNModel, PGNOutput
+from metaseg_pgn.wrapper import PGNModel, PGNOutput, argmax_channels
 
 from test_pgn import RTOL, all_pixels, autograd_norms, ours_at, random_bn, sample_pixels
 
@@ -165,6 +165,68 @@ def test_deeplab_found_named_and_deeper():
         last = autograd_norms(z, [head.classifier.weight, head.classifier.bias], pixels, label, "paper")
         torch.testing.assert_close(ours_at(a.maps, "deep", label, pixels), deep, rtol=RTOL, atol=0)
         torch.testing.assert_close(ours_at(a.maps, "last", label, pixels), last, rtol=RTOL, atol=0)
+
+
+def test_probs_and_pred_are_computed_when_read():
+    net = Net()
+    x = image(8)
+    out = PGNModel(net)(x)
+    assert out._probs is None and out._pred is None  # not part of the maps' cost
+    torch.testing.assert_close(out.probs, torch.softmax(out.logits, 1))
+    assert out.probs is out.probs and out.pred is out.pred
+    assert torch.equal(out.pred, out.logits.argmax(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_argmax_channels_is_argmax(dtype):
+    g = torch.Generator().manual_seed(9)
+    y = torch.randn(2, 7, 9, 11, generator=g).to(dtype)
+    assert torch.equal(argmax_channels(y, chunk_elems=7 * 11 * 3), y.argmax(1))
+    ties = torch.randint(0, 3, (2, 7, 9, 11), generator=g).to(dtype)  # many tied maxima
+    assert torch.equal(argmax_channels(ties, chunk_elems=7 * 11 * 3), ties.argmax(1))
+    y[1, 2, 4, 5] = float("nan")
+    assert torch.equal(argmax_channels(y, chunk_elems=7 * 11 * 3), y.argmax(1))
+
+
+def test_model_hint_names_the_last_conv_without_discovery():
+    torch.manual_seed(0)
+    model = compact(num_classes=5).eval()
+    wrapped = PGNModel(model)
+    assert wrapped.last_conv == "head.classifier"  # from model.last_conv_name, before any call
+    x = image(10, b=1, h=24, w=32).float()
+    first, second = wrapped(x), wrapped(x)  # the second call checks the structure on fewer rows
+    assert_same_maps(first.maps, second.maps)
+    model.last_conv_name = "head.conv2"  # a wrong hint is reported as such
+    with pytest.raises(ValueError, match="model.last_conv_name"):
+        PGNModel(model)(x)
+
+
+def test_float32_model_matches_the_float64_computation():
+    """The production path: a float32 model; its maps against the float64 computation from the
+    same (float32) activations, within the float32 path's bound (see test_pgn.RTOL32)."""
+    torch.manual_seed(1)
+    model = compact(num_classes=19).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    x = image(11, b=2, h=64, w=96).float()
+    out = PGNModel(model, deeper=True)(x)
+    captured = {}
+    hooks = [model.head.classifier.register_forward_hook(lambda m, i, o: captured.update(psi=i[0], z=o)),
+             model.head.conv2.register_forward_hook(lambda m, i, o: captured.update(prev=i[0]))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    psi, z, prev = (captured[k].double() for k in ("psi", "z", "prev"))
+    head = model.head
+    expected = last_layer_pgn(psi, z, head.classifier)
+    expected.update(deeper_layer_pgn(prev, head.conv2, head.bn2, psi, z, head.classifier))
+    for name, m in out.maps.items():
+        rtol = 1e-5 if "last" in name or not name.endswith(("p0_1", "p0_3", "p0_5")) else 3e-3
+        torch.testing.assert_close(m, expected[name], rtol=rtol, atol=0, msg=name)
 
 
 def test_inference_mode_works():

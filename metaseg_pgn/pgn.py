@@ -15,31 +15,40 @@ Numerics and cost
 The passes over the big tensors (ψ: κ × h × w, the logits: C × h × w, the deeper layer's δ) run in
 the inputs' precision: float64 for float64 inputs, float32 otherwise. Only the small per-pixel
 results (B × h × w per p) are combined in float64, which is where p = 0.1 leaves the float32 range.
+Resolution ``"input"`` (the exact option, which resizes the patches) stays float64 throughout.
 
 - One transcendental pass per tensor: ``t = |x|^b`` for the smallest non-integer p (0.1 by
-  default); the other fractional p are products (``|x|^0.3 = t³``, ``|x|^0.5 = t⁵``) and the
-  integer p are ``|x|`` and ``|x|·|x|``. Each power is summed over the channels right away, row
-  chunk by row chunk, so the temporaries stay in the cache.
+  default); the other fractional p are products (``|x|^0.3 = t³``, ``|x|^0.5 = t⁵``), the
+  integer p are ``|x|`` and ``|x|·|x|``, and a product is summed over the channels without being
+  formed where einsum can (``Σ t⁵ = Σ t²·t²·t``). Row chunk by row chunk, so the temporaries stay
+  in the cache; on the CPU with more than one torch thread, chunks run in parallel.
+- float32 on the CPU uses numpy for the elementwise passes: its float32 log/exp are 2-3 times
+  faster than torch's pow, and torch's log/sqrt are ~10x slower on inputs with many zeros (ReLU
+  outputs). Other devices use the same formulas in torch.
 - The softmax is never formed. With ``m1 ≥ m2`` the two largest logits (``ĉ`` the first index of
-  ``m1``) and ``e_c = exp(z_c − m2)`` (``e_ĉ = 0``): ``Σ_{c≠ĉ} s_c^p = s_2^p · Σ_c e_c^p`` and
-  ``Σ_c s_c^p = s_1^p (1 + exp(−p (m1 − m2)) Σ_c e_c^p)``, where ``Σ_c e_c^p ∈ [1, C − 1]`` cannot
-  under- or overflow, and ``s_1 = 1 / (1 + exp(m2 − m1) Σ_c e_c)``, ``s_2 = exp(m2 − m1) s_1`` are
-  computed in float64 per pixel. Both labels (and ``1 − s_ĉ = s_2 Σ_c e_c`` for the one-hot
-  gradient) share one set of sums. Only the uniform label with ``weights="gradient"`` (``s − 1/C``,
-  a cancellation) takes the float64 softmax.
-- Accuracy of the float32 path: every term carries a relative error of a few units of float32
-  rounding (u = 6e-8), the channel sums of non-negative terms add ~√κ·u (measured ≤ 3e-7 for
-  κ = 256), and ``(·)^(1/p)`` multiplies relative errors by 1/p (10 for p = 0.1). Hence about
-  1e-6 for p ≥ 0.5 and ≤ 5e-6 for p = 0.1 against the float64 computation of the same inputs
-  (tested at 1e-5). Exception, inherent to float32: entries of δ (deeper layer) and of ``s − 1/C``
-  that almost cancel carry an error relative to the cancelling terms, which small p amplify.
-- Guard: a float32 channel sum that overflows (inf), or a sum for p > 1 so small that terms may
-  have underflowed (< 2^-90 at a pixel that is not all zero), is recomputed in float64.
+  ``m1``) and ``e_c = exp(min(z_c − m2, 0))`` (``e_ĉ = 1``): ``Σ_{c≠ĉ} s_c^p = s_2^p · o_p`` with
+  ``o_p = Σ_c e_c^p − 1 ∈ [1, C − 1]`` (the second largest logit contributes exactly 1, so
+  nothing under- or overflows and the subtraction costs at most a factor 2 in precision), and
+  ``Σ_c s_c^p = s_1^p (1 + exp(−p (m1 − m2)) o_p)``, where ``s_1 = 1 / (1 + exp(m2 − m1) o_1)``
+  and ``s_2 = exp(m2 − m1) s_1`` are computed in float64 per pixel. Both labels (and
+  ``1 − s_ĉ = s_2 o_1`` for the one-hot gradient) share one set of sums. Only the uniform label
+  with ``weights="gradient"`` (``s − 1/C``, a cancellation) takes the float64 softmax.
+- Accuracy of the float32 path against the float64 computation of the same inputs: every term
+  carries a few units of float32 rounding (u = 6e-8); float32 channel sums of non-negative terms
+  add ~√κ·u (≤ (κ − 1)·u in the worst case), except for p < 1/4, whose terms are accumulated in
+  float64; ``(·)^(1/p)`` multiplies relative errors by 1/p (≤ 4 where the sums are float32).
+  Measured ≤ 2e-6 on the compact model's 32k pixels; tested at 1e-5. Exception, inherent to
+  float32: an entry of δ (deeper layer) or of ``s − 1/C`` that nearly cancels is accurate only
+  relative to the cancelling terms, and small p weigh such entries (up to ~1e-3 at p = 0.1 for δ).
+- Guard: a float32 sum that overflows (inf), or a sum for p > 1 so small that terms may have
+  underflowed (< 2^-90 at a pixel that is not all zero), is recomputed in float64. NaN/inf in ψ
+  are found from the sums (no separate pass) and reported as such; the logits are checked upfront.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from numbers import Real
@@ -417,9 +426,13 @@ def last_layer_pgn(
                                  _check_size(output_size), bool(align_corners), chunk_rows)
     if not labels:
         return {}
-    patch = _patch_sums(psi, geometry, ps, include_bias)
-    parts = {label: part[:2] for label, part in _label_parts(logits, ps, labels, weights).items()}
-    maps = _finish("last", parts, patch, ps, {"psi": psi})
+    tasks, patch_sums = _power_sum_tasks(_raw_source(psi), tuple(psi.shape), ps, _work_dtype(psi), psi.device)
+    found = {}
+    _run_tasks([lambda: found.update(_label_parts(logits, ps, labels, weights))] + tasks, psi.device)
+    patch = _box_sum(patch_sums(), geometry)
+    if include_bias:
+        patch += 1.0
+    maps = _finish("last", {label: part[:2] for label, part in found.items()}, patch, ps, {"psi": psi})
     return maps if output_size is None else resize_maps(maps, output_size, align_corners)
 
 
@@ -514,13 +527,25 @@ def deeper_layer_pgn(
     dtype = _work_dtype(psi, logits)
     kernel = conv_last.weight.detach().to(device=psi.device, dtype=torch.float64)[:, :, 0, 0]  # (C, κ)
     kernel_t = (kernel * scale[None, :]).t().contiguous()  # (κ, C): γ/σ folded into K
-    patch = _patch_sums(psi_prev, prev, ps, include_bias)
     b, kappa, h, w = psi.shape
-    mask = _relu_mask(psi, dtype)
-    parts = {}
-    for label, (factor, _, vec) in _label_parts(logits, ps, labels, weights, vectors=True).items():
-        source = _delta_source(kernel_t, vec, mask)
-        parts[label] = (factor, _abs_power_sums(source, (b, kappa, h, w), ps, dtype, psi.device))
+    # the label vectors and the ReLU mask alongside the patch sums of ψ_prev, then all δ chunks
+    tasks, prev_sums = _power_sum_tasks(_raw_source(psi_prev), tuple(psi_prev.shape), ps,
+                                        _work_dtype(psi_prev), psi_prev.device)
+    found = {}
+    _run_tasks([lambda: found.update(_label_parts(logits, ps, labels, weights, vectors=True)),
+                lambda: found.update(mask=_relu_mask(psi, dtype))] + tasks, psi.device)
+    mask = found.pop("mask")
+    deltas = {}
+    tasks = []
+    for label, (factor, _, vec) in found.items():
+        label_tasks, deltas[label] = _power_sum_tasks(_delta_source(kernel_t, vec, mask), (b, kappa, h, w),
+                                                      ps, dtype, psi.device)
+        tasks += label_tasks
+    _run_tasks(tasks, psi.device)
+    patch = _box_sum(prev_sums(), prev)
+    if include_bias:
+        patch += 1.0
+    parts = {label: (found[label][0], deltas[label]()) for label in found}
     maps = _finish("deep", parts, patch, ps, {"psi_prev": psi_prev, "psi": psi})
     return maps if output_size is None else resize_maps(maps, output_size, align_corners)
 
@@ -529,9 +554,11 @@ def deeper_layer_pgn(
 # internals: power sums
 
 
-# Elements of one row chunk of the power sums: the chunk's temporaries (up to six tensors of this
-# size) stay in the cache, and memory stays bounded for large maps.
+# Elements of one row chunk of the power sums. CPU: the chunk's temporaries (a few tensors of this
+# size) stay in the cache. GPU: few chunks (kernel launches cost more than cache misses), memory
+# still bounded (~0.5 GB of float32 temporaries for the ResNet-50-sized model at 1024 x 2048).
 _POWER_CHUNK_ELEMS = 2**18
+_POWER_CHUNK_ELEMS_GPU = 2**25
 # A float32 sum of |x|^p with p > 1 below this may have lost terms to underflow (each lost term is
 # below 2^-126, so even 2^11 of them change a sum ≥ 2^-90 by < 2^-25 relative): float64 instead.
 _UNDERFLOW = 2.0**-90
@@ -751,13 +778,22 @@ def _raw_source(t: Tensor):
 
 def _abs_power_sums(source, shape: tuple[int, ...], ps: Sequence[float], dtype: torch.dtype,
                     device: torch.device) -> Tensor:
-    """(len(ps), B, h, w) float64: ``Σ`` over dim 1 of ``x^p`` for ``x = source(r0, r1, dtype)``
+    """(len(ps), B, h, w) float64: ``Σ`` over dim 1 of ``|x|^p`` for ``x = source(r0, r1, dtype)``
     (``source`` returns the chunk (B, K, r1 - r0, w) and whether it is known to be ≥ 0),
-    computed in ``dtype`` by row chunks (in parallel on the
-    CPU, see :func:`_for_chunks`). In float32, the p whose sums overflowed or may have underflowed
-    are recomputed in float64."""
+    computed in ``dtype`` by row chunks (in parallel on the CPU, see :func:`_run_tasks`). In
+    float32, the p whose sums overflowed or may have underflowed are recomputed in float64."""
+    tasks, finish = _power_sum_tasks(source, shape, ps, dtype, device)
+    _run_tasks(tasks, device)
+    return finish()
+
+
+def _power_sum_tasks(source, shape: tuple[int, ...], ps: Sequence[float], dtype: torch.dtype,
+                     device: torch.device):
+    """:func:`_abs_power_sums` as independent row-chunk tasks (to run with other work) and a
+    ``finish()`` that applies the float64 fallback and returns the sums."""
     b, k, h, w = shape
-    rows = max(1, _POWER_CHUNK_ELEMS // max(1, b * k * w))
+    budget = _POWER_CHUNK_ELEMS if device.type == "cpu" else _POWER_CHUNK_ELEMS_GPU
+    rows = max(1, budget // max(1, b * k * w))
     out = torch.empty(len(ps), b, h, w, dtype=torch.float64, device=device)
 
     def chunk(r0: int) -> None:
@@ -765,42 +801,73 @@ def _abs_power_sums(source, shape: tuple[int, ...], ps: Sequence[float], dtype: 
         x, nonneg = source(r0, r1, dtype)
         for i, s in enumerate(_chunk_power_sums(x, ps, nonneg=nonneg)):
             out[i, :, r0:r1] = s
-    _for_chunks(chunk, range(0, h, rows), device)
-    if dtype == torch.float64:
+
+    def finish() -> Tensor:
+        if dtype == torch.float64:
+            return out
+        redo = _float32_trouble(out, ps)
+        if redo:
+            sub = [ps[i] for i in redo]
+            for r0 in range(0, h, rows):
+                r1 = min(h, r0 + rows)
+                x, nonneg = source(r0, r1, torch.float64)
+                for i, s in zip(redo, _chunk_power_sums(x, sub, nonneg=nonneg)):
+                    out[i, :, r0:r1] = s
         return out
-    redo = _float32_trouble(out, ps)
-    if redo:
-        sub = [ps[i] for i in redo]
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            x, nonneg = source(r0, r1, torch.float64)
-            for i, s in zip(redo, _chunk_power_sums(x, sub, nonneg=nonneg)):
-                out[i, :, r0:r1] = s
-    return out
+    return [lambda r0=r0: chunk(r0) for r0 in range(0, h, rows)], finish
 
 
 _POOL: ThreadPoolExecutor | None = None
+_IN_WORKER = threading.local()
 
 
-def _for_chunks(fn, starts: Sequence[int], device: torch.device) -> None:
-    """``fn(start)`` for every start; on the CPU with ``torch.get_num_threads() > 1`` spread over as
-    many threads (numpy and torch release the GIL; each chunk writes its own rows). The caller's
-    grad and inference mode, which are thread-local, are set in the workers."""
+def _run_tasks(tasks: Sequence, device: torch.device) -> None:
+    """Run the callables; on the CPU with ``torch.get_num_threads() = n > 1`` on the calling thread
+    and n - 1 pool threads, which take the next task when free (numpy and torch release the GIL;
+    tasks write disjoint outputs). The caller's grad and inference mode (thread-local) are set in
+    the workers; tasks started from a worker run sequentially."""
     threads = torch.get_num_threads() if device.type == "cpu" else 1
-    if threads <= 1 or len(starts) <= 1:
-        for start in starts:
-            fn(start)
+    threads = min(threads, len(tasks))
+    if threads <= 1 or getattr(_IN_WORKER, "active", False):
+        for task in tasks:
+            task()
         return
     global _POOL
-    if _POOL is None or _POOL._max_workers < threads:
-        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="metaseg_pgn")
+    if _POOL is None or _POOL._max_workers < threads - 1:
+        _POOL = ThreadPoolExecutor(threads - 1, thread_name_prefix="metaseg_pgn")
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    queue = iter(range(len(tasks)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
 
-    def run(start: int) -> None:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            fn(start)
-    for future in [_POOL.submit(run, start) for start in starts]:
-        future.result()
+    def loop() -> None:
+        while not errors:
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return
+            try:
+                tasks[i]()
+            except BaseException as exc:  # re-raised in the caller
+                errors.append(exc)
+
+    def worker() -> None:
+        _IN_WORKER.active = True
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                loop()
+        finally:
+            _IN_WORKER.active = False
+    futures = [_POOL.submit(worker) for _ in range(threads - 1)]
+    _IN_WORKER.active = True
+    try:
+        loop()
+    finally:
+        _IN_WORKER.active = False
+        for future in futures:
+            future.result()
+    if errors:
+        raise errors[0]
 
 
 def _float32_trouble(sums: Tensor, ps: Sequence[float]) -> list[Tensor]:

@@ -48,6 +48,7 @@ Resolution ``"input"`` (the exact option, which resizes the patches) stays float
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -819,6 +820,15 @@ def _power_sum_tasks(source, shape: tuple[int, ...], ps: Sequence[float], dtype:
 
 _POOL: ThreadPoolExecutor | None = None
 _IN_WORKER = threading.local()
+
+
+def _forget_pool() -> None:  # a forked child has none of the parent's threads
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _run_tasks(tasks: Sequence, device: torch.device) -> None:

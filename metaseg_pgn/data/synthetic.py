@@ -7,11 +7,10 @@ same bytes. No global random state is read or written.
 A scene is a pinhole camera over a flat ground plane (horizon and vanishing point vary) with a
 possibly curving road, lane markings, kerbs and sidewalks, facades with windows, walls, fences,
 hedges, trees, terrain, a sky gradient with clouds and a distant skyline; cars, trucks, persons,
-riders on bicycles, parked bicycles, poles, street lamps, traffic signs and traffic lights stand on
-the ground at perspective-consistent scales and occlude each other by depth. Shadows, haze,
+poles, street lamps, traffic signs and traffic lights stand on the ground at perspective-consistent scales and occlude each other by depth. Shadows, haze,
 exposure, white balance, blur and sensor noise vary per frame. Some places are deliberately
 ambiguous (terrain vs. vegetation colours, sidewalk vs. road, overcast sky vs. grey facades, thin
-far poles and fences), so a small network makes realistic mistakes. An ego-vehicle bonnet at the
+far poles, see-through mesh fences), so a small network makes realistic mistakes. An ego-vehicle bonnet at the
 bottom and a few unlabelled street objects (bins, bollards) are void (255), as in Cityscapes.
 
 The OoD tracks follow SegmentMeIfYouCan's conventions (``DESIGN.md`` section 6):
@@ -164,12 +163,16 @@ class _Canvas:
             t = t[:, None]
         return color * t + self.haze_color * (1.0 - t)
 
-    def fill(self, rr, cc, color, label: int, z, ood: int = 0) -> None:
-        """Paint pixels ``(rr, cc)`` with colours (3,) or (n, 3), apply haze at depth ``z``."""
+    def fill(self, rr, cc, color, label: int, z, ood: int = 0, alpha=None) -> None:
+        """Paint pixels ``(rr, cc)`` with colours (3,) or (n, 3), apply haze at depth ``z``; with
+        ``alpha`` (n,) blend over what is there (the label is set regardless)."""
         if len(rr) == 0:
             return
-        col = np.asarray(color, dtype=np.float32)
-        self.img[rr, cc] = self.haze(col, z)
+        col = self.haze(np.asarray(color, dtype=np.float32), z)
+        if alpha is not None:
+            a = np.asarray(alpha, np.float32)[:, None]
+            col = col * a + self.img[rr, cc] * (1 - a)
+        self.img[rr, cc] = col
         self.lab[rr, cc] = label
         self.ood[rr, cc] = ood
 
@@ -321,7 +324,7 @@ def _side_X(scene: _Scene, side: int, a: float, Z) -> np.ndarray:
 
 def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: bool = False) -> _Scene:
     """Draw all random parameters of a scene (nothing is drawn on pixels here)."""
-    f = W * rng.uniform(0.8, 1.05)
+    f = W * rng.uniform(0.95, 1.25)
     cam = _Camera(H=H, W=W, f=f, yh=H * rng.uniform(0.34, 0.5), xv=W * rng.uniform(0.4, 0.6),
                   hc=rng.uniform(1.3, 1.75))
     rw = rng.choice([3.3, 4.5, 5.5, 6.8, 8.0]) + rng.uniform(-0.3, 0.5)
@@ -348,12 +351,12 @@ def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: boo
     sidewalk_col = np.clip(road_col + (sw_delta + sw_tint) / 255.0, 0, 1)
     terrain_kind = rng.choice(["grass", "dry", "mixed"], p=[0.55, 0.2, 0.25])
     if terrain_kind == "grass":
-        terrain_col = _rgb(rng.uniform(80, 125), rng.uniform(115, 155), rng.uniform(45, 80))
+        terrain_col = _rgb(rng.uniform(95, 135), rng.uniform(125, 160), rng.uniform(55, 85))
     elif terrain_kind == "dry":
-        terrain_col = _rgb(rng.uniform(130, 165), rng.uniform(120, 150), rng.uniform(80, 105))
-    else:
-        terrain_col = _rgb(rng.uniform(100, 140), rng.uniform(115, 145), rng.uniform(60, 90))
-    veg_col = _rgb(rng.uniform(45, 105), rng.uniform(80, 135), rng.uniform(25, 65))
+        terrain_col = _rgb(rng.uniform(135, 170), rng.uniform(125, 150), rng.uniform(80, 105))
+    else:  # overlaps with dark vegetation: an ambiguous place on purpose
+        terrain_col = _rgb(rng.uniform(90, 130), rng.uniform(110, 140), rng.uniform(55, 85))
+    veg_col = _rgb(rng.uniform(40, 95), rng.uniform(70, 125), rng.uniform(25, 60))
     sun_side = 0 if overcast else int(rng.choice([-1, 1]))
     ground = dict(
         road=road_col, sidewalk=sidewalk_col, terrain=terrain_col, veg=veg_col,
@@ -375,7 +378,7 @@ def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: boo
                    obstacle_mode=obstacle_mode)
 
     # sides: -1 (left) and +1 (right)
-    kind_probs = {"urban": 0.55, "suburban": 0.25, "open": 0.2}
+    kind_probs = {"urban": 0.45, "suburban": 0.3, "open": 0.25}
     scene_kind = rng.choice(list(kind_probs), p=list(kind_probs.values()))
     for side in (-1, 1):
         if scene_kind == "urban":
@@ -710,7 +713,7 @@ def _facade_drawer(scene: _Scene, s: dict, b: dict) -> Callable[[_Canvas], None]
 
 
 def _add_long_structures(rng: np.random.Generator, scene: _Scene) -> None:
-    """Walls, fences and hedges along the outer edge of the sidewalk."""
+    """Fences and hedges along the outer edge of the sidewalk."""
     for s in scene.sides:
         if s["kind"] != "open" and rng.random() < 0.6:
             continue
@@ -718,7 +721,7 @@ def _add_long_structures(rng: np.random.Generator, scene: _Scene) -> None:
         zend = rng.uniform(40, 150)
         while z < zend:
             length = rng.uniform(8, 40)
-            kind = rng.choice(["wall", "fence", "hedge", "none"], p=[0.25, 0.35, 0.25, 0.15])
+            kind = rng.choice(["fence", "hedge", "none"], p=[0.45, 0.35, 0.2])
             if s["side_street"] is not None:
                 ss0, ssw = s["side_street"]
                 if z < ss0 + ssw and z + length > ss0:
@@ -728,43 +731,40 @@ def _add_long_structures(rng: np.random.Generator, scene: _Scene) -> None:
                         continue
             if kind != "none":
                 st = dict(kind=kind, z0=z, z1=z + length, a=s["sw"] + rng.uniform(0.0, 0.6),
-                          height=rng.uniform(0.6, 2.0) if kind != "fence" else rng.uniform(0.9, 2.0),
-                          color=_long_color(rng, kind, scene), bar_gap=rng.uniform(0.12, 0.35),
-                          bar_w=rng.uniform(0.03, 0.07), planks=bool(rng.random() < 0.35), seed=int(rng.integers(1 << 30)))
+                          height=rng.uniform(0.6, 2.0) if kind == "hedge" else rng.uniform(0.9, 2.0),
+                          color=_long_color(rng, kind, scene), mesh=rng.uniform(0.08, 0.2),
+                          alpha=rng.uniform(0.5, 0.7), planks=bool(rng.random() < 0.4), post_gap=rng.uniform(2.0, 3.0))
                 scene.items.append(_Item(_LAYER_LONG, z, _long_drawer(scene, s, st)))
             z += length + (rng.uniform(2, 20) if rng.random() < 0.4 else 0.0)
 
 
 def _long_color(rng: np.random.Generator, kind: str, scene: _Scene) -> np.ndarray:
-    if kind == "wall":
-        return _jitter(rng, _rgb(*[(160, 155, 145), (130, 130, 135), (180, 170, 150), (110, 100, 95)][rng.integers(4)]), 15)
     if kind == "fence":
-        return _jitter(rng, _rgb(*[(70, 75, 70), (40, 45, 45), (130, 110, 85), (150, 150, 150), (60, 80, 60)][rng.integers(5)]), 12)
+        return _jitter(rng, _rgb(*[(70, 75, 80), (40, 45, 45), (130, 110, 85), (150, 150, 150), (95, 80, 70)][rng.integers(5)]), 12)
     return np.clip(scene.ground["veg"] * rng.uniform(0.8, 1.2), 0, 1)
 
 
 def _long_drawer(scene: _Scene, s: dict, st: dict) -> Callable[[_Canvas], None]:
     side = s["side"]
-    label = {"wall": WALL, "fence": FENCE, "hedge": VEG}[st["kind"]]
+    label = {"fence": FENCE, "hedge": VEG}[st["kind"]]
 
-    def colors(cv, rr, cc, u, v, shade):
+    def colors(cv, rr, cc, u, v, shade, u_depth=None):
         n = cv.noise
         if st["kind"] == "hedge":
-            return _tex(st["color"] * shade, (n["n4"][rr, cc], 0.3), (n["grain"][rr, cc], 0.2)), np.ones(len(rr), bool)
-        if st["kind"] == "wall":
-            top = v > st["height"] - 0.08
-            col = _tex(st["color"] * shade, (n["n16"][rr, cc], 0.08), (n["grain"][rr, cc], 0.05), (top.astype(np.float32), 0.15))
-            return col, np.ones(len(rr), bool)
-        # fence: bars (or planks) and rails; gaps show what is behind
+            return _tex(st["color"] * shade, (n["n4"][rr, cc], 0.3), (n["grain"][rr, cc], 0.2)), None
+        # fence panels, labelled as a whole (as Cityscapes annotates fences): wooden planks with
+        # dark joints, or a wire mesh through which the background shows (alpha blending)
+        col = _tex(st["color"] * shade, (n["grain"][rr, cc], 0.06))
+        frame = (np.abs(v - st["height"] + 0.04) < 0.04) | (v < 0.08) | (np.mod(u, st["post_gap"]) < 0.07)
         if st["planks"]:
-            solid = np.mod(u, 0.16) > 0.02
-        else:
-            solid = np.mod(u, st["bar_gap"]) < st["bar_w"]
-        rails = (np.abs(v - st["height"] + 0.05) < 0.05) | (np.abs(v - 0.15) < 0.04)
-        posts = np.mod(u, 2.5) < 0.08
-        solid = solid | rails | posts
-        col = _tex(st["color"] * shade, (n["grain"][rr, cc], 0.05))
-        return col, solid
+            joint = (np.mod(u, 0.16) < 0.025) & ~frame
+            col[joint] *= 0.55
+            return col, None
+        period_px = st["mesh"] * cv.cam.f / np.maximum(u_depth, 1e-3)
+        wire = (np.mod(u + v, st["mesh"]) < 0.2 * st["mesh"]) | (np.mod(u - v, st["mesh"]) < 0.2 * st["mesh"])
+        alpha = np.where(period_px < 3.0, 0.25 + st["alpha"], np.where(wire, 0.9, 0.3))
+        alpha = np.where(frame, 1.0, np.minimum(alpha, 0.95))
+        return col, alpha.astype(np.float32)
 
     def draw_long(cv: _Canvas) -> None:
         zc = max(st["z0"], 0.5)
@@ -775,9 +775,8 @@ def _long_drawer(scene: _Scene, s: dict, st: dict) -> Callable[[_Canvas], None]:
             px = cv.plane_x(X, za, zb + 0.2, 0.0, st["height"])
             if px is not None:
                 rr, cc, Z, Y = px
-                col, keep = colors(cv, rr, cc, Z, Y, 0.95)
-                # far fences: thin bars vanish into a semi-transparent texture; keep a minimum density
-                cv.fill(rr[keep], cc[keep], col[keep], label, Z[keep])
+                col, alpha = colors(cv, rr, cc, Z, Y, 0.95, u_depth=Z)
+                cv.fill(rr, cc, col, label, Z, alpha=alpha)
             zc = zb
         if st["z0"] > 1.0:
             X = float(_side_X(scene, side, st["a"], st["z0"]))
@@ -785,8 +784,8 @@ def _long_drawer(scene: _Scene, s: dict, st: dict) -> Callable[[_Canvas], None]:
             pz = cv.plane_z(st["z0"], lo, hi, 0.0, st["height"])
             if pz is not None:
                 rr, cc, Xp, Y = pz
-                col, _ = colors(cv, rr, cc, np.abs(Xp - X), Y, 0.85)
-                cv.fill(rr, cc, col, label, st["z0"])
+                col, alpha = colors(cv, rr, cc, np.abs(Xp - X), Y, 0.85, u_depth=np.full(len(rr), st["z0"]))
+                cv.fill(rr, cc, col, label, st["z0"], alpha=alpha)
 
     return draw_long
 
@@ -899,7 +898,8 @@ def _add_street_furniture(rng: np.random.Generator, scene: _Scene) -> None:
             z = rng.uniform(2, spacing)
             lamp = rng.random() < 0.6
             a_pole = rng.uniform(0.3, 0.8) if s["sw"] > 1.0 else rng.uniform(0.2, 1.0)
-            while z < rng.uniform(80, 200):
+            zend = rng.uniform(50, 110)
+            while z < zend:
                 if not _in_side_street(s, z):
                     _add_pole(rng, scene, side, a_pole, z, lamp=lamp)
                 z += spacing * rng.uniform(0.8, 1.2)
@@ -916,24 +916,28 @@ def _add_street_furniture(rng: np.random.Generator, scene: _Scene) -> None:
             ref = scene.ground["zebra"] - rng.uniform(0.5, 2)
         if ref is not None and ref > 4:
             _add_pole(rng, scene, side, rng.uniform(0.3, 0.8), ref, lamp=False, traffic_light=True)
+        for _ in range(int(rng.poisson(0.4))):
+            z = rng.uniform(6, 50)
+            if not _in_side_street(s, z):
+                _add_pole(rng, scene, side, rng.uniform(0.3, 0.8), z, lamp=False, traffic_light=True)
 
 
 def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: float, *, lamp: bool,
               sign_only: bool = False, traffic_light: bool = False) -> None:
     height = rng.uniform(2.6, 3.4) if sign_only else (rng.uniform(3.8, 5.0) if traffic_light else rng.uniform(5, 9))
-    width = rng.uniform(0.1, 0.22) if not sign_only else rng.uniform(0.06, 0.1)
+    width = rng.uniform(0.14, 0.28) if not sign_only else rng.uniform(0.08, 0.12)
     color = _jitter(rng, _rgb(*[(150, 150, 150), (110, 110, 110), (60, 70, 65), (40, 40, 40), (170, 170, 165)][rng.integers(5)]), 10)
     has_sign = sign_only or (not traffic_light and rng.random() < 0.35)
     sign = None
     if has_sign:
         kind = rng.choice(["circle_red", "circle_blue", "triangle", "diamond", "rect_blue", "rect_white", "octagon"])
-        sign = dict(kind=kind, size=rng.uniform(0.5, 0.85), h=rng.uniform(2.0, height - 0.2),
+        sign = dict(kind=kind, size=rng.uniform(0.6, 1.0), h=rng.uniform(2.0, height - 0.2),
                     offset=rng.uniform(-0.1, 0.1))
         if sign["h"] + sign["size"] / 2 > height:
             sign["h"] = height - sign["size"] / 2
     tl = None
     if traffic_light:
-        tl = dict(h=height - rng.uniform(0.1, 0.6), lit=int(rng.integers(3)), w=rng.uniform(0.28, 0.36),
+        tl = dict(h=height - rng.uniform(0.1, 0.6), lit=int(rng.integers(3)), w=rng.uniform(0.3, 0.42),
                   arm=rng.random() < 0.4, arm_len=rng.uniform(2.5, 5.0))
     lamp_arm = rng.uniform(0.8, 2.0) if lamp else 0.0
     X = float(_side_X(scene, side, a, z))
@@ -942,7 +946,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
         cam = cv.cam
         x0, y0 = cam.project(X, 0.0, z)
         s = cam.f / z
-        hw = max(width / 2, 0.55 / s)  # at least about one pixel wide
+        hw = max(width / 2, 1.0 / s)  # at least about 2 pixels wide
         loc = cv.local(x0, y0, s, -hw, hw, 0, height)
         if loc is not None:
             rr, cc, u, v = loc
@@ -952,7 +956,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
             # arm towards the road and a lamp head
             d = -side
             lo, hi = sorted((0.0, d * lamp_arm))
-            loc = cv.local(x0, y0, s, lo, hi, height - max(0.08, 0.6 / s), height)
+            loc = cv.local(x0, y0, s, lo, hi, height - max(0.1, 1.2 / s), height)
             if loc is not None:
                 rr, cc, u, v = loc
                 cv.fill(rr, cc, color, POLE, z)
@@ -967,7 +971,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
             if tl["arm"]:
                 d = -side
                 lo, hi = sorted((0.0, d * tl["arm_len"]))
-                loc = cv.local(x0, y0, s, lo, hi, tl["h"] + 0.35, tl["h"] + 0.35 + max(0.1, 0.7 / s))
+                loc = cv.local(x0, y0, s, lo, hi, tl["h"] + 0.35, tl["h"] + 0.35 + max(0.12, 1.2 / s))
                 if loc is not None:
                     rr, cc, u, v = loc
                     cv.fill(rr, cc, color, POLE, z)
@@ -1079,7 +1083,7 @@ def _add_vehicles(rng: np.random.Generator, scene: _Scene) -> None:
         d = -road.rw + (lane + 0.5) * lane_w
         oncoming = (lane < n_lanes // 2) and n_lanes >= 2
         z = rng.uniform(5, 20)
-        while z < 120:
+        while z < 100:
             if rng.random() < busy:
                 truck = rng.random() < 0.12
                 v = _make_vehicle(rng, truck=truck)
@@ -1233,7 +1237,7 @@ def _vehicle_side_colors(cv, v, rr, cc, u, Y, front):
 
 
 # --------------------------------------------------------------------------------------------
-# persons, riders, bicycles
+# persons
 # --------------------------------------------------------------------------------------------
 
 
@@ -1255,28 +1259,17 @@ def _add_people(rng: np.random.Generator, scene: _Scene) -> None:
         else:
             n = int(rng.poisson(rng.uniform(1.0, 5.0)))
         for _ in range(n):
-            z = rng.uniform(3.5, 70) if rng.random() < 0.7 else rng.uniform(3.5, 20)
+            z = rng.uniform(3.5, 40) if rng.random() < 0.7 else rng.uniform(3.5, 20)
             a = rng.uniform(0.4, max(0.5, s["sw"] - 0.3)) if s["sw"] > 0 else rng.uniform(0.3, 2.0)
             group = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
             for g in range(group):
                 _add_person(rng, scene, float(_side_X(scene, s["side"], a + 0.5 * g * rng.uniform(-1, 1), z)), z + g * rng.uniform(0.3, 1.2))
-        # parked bicycles
-        if rng.random() < 0.25 and s["sw"] > 1.5:
-            z = rng.uniform(4, 25)
-            for i in range(int(rng.integers(1, 4))):
-                _add_bicycle(rng, scene, float(_side_X(scene, s["side"], s["sw"] - rng.uniform(0.3, 0.8), z + 0.7 * i)), z + 0.7 * i, rider=False)
     # crossing pedestrians on the zebra / road
     if scene.ground["zebra"] is not None:
         for _ in range(int(rng.poisson(1.5))):
             z = scene.ground["zebra"] + rng.uniform(0.3, 3.2)
             d = rng.uniform(-road.rw + 0.5, road.rw - 0.5)
             _add_person(rng, scene, float(road.center(z) + d), z, walking_side=True)
-    # cyclists on the road edge
-    if rng.random() < 0.3:
-        side = int(rng.choice([-1, 1]))
-        z = rng.uniform(5, 40)
-        d = side * (road.rw - rng.uniform(0.6, 1.2))
-        _add_bicycle(rng, scene, float(road.center(z) + d), z, rider=True)
 
 
 def _person_parts(rng: np.random.Generator, height: float, side_view: bool) -> dict:
@@ -1288,11 +1281,11 @@ def _person_parts(rng: np.random.Generator, height: float, side_view: bool) -> d
         trousers=_jitter(rng, _rgb(*_CLOTHES[rng.integers(len(_CLOTHES))]) * 0.8, 10),
         skin=_jitter(rng, _rgb(*_SKIN[rng.integers(len(_SKIN))]), 8),
         hair=_jitter(rng, _rgb(*[(30, 25, 20), (70, 50, 35), (120, 100, 70), (150, 150, 150)][rng.integers(4)]), 8),
-        bag=rng.random() < 0.25, coat=rng.random() < 0.3, width=rng.uniform(0.9, 1.15),
+        bag=rng.random() < 0.25, coat=rng.random() < 0.3, width=rng.uniform(1.0, 1.25),
     )
 
 
-def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float, label: int, *, sitting: bool = False) -> None:
+def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float) -> None:
     k, ph, wf = P["k"], P["phase"], P["width"]
     top = 1.85 * k
     loc = cv.local(x0, y0, s, -0.45 * k, 0.45 * k, 0.0, top)
@@ -1302,28 +1295,21 @@ def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float, label: int, *, sitti
     u = u / wf
     col = np.zeros((len(rr), 3), np.float32)
     m = np.zeros(len(rr), bool)
-    lw = max(0.065 * k, 0.45 / s)
+    lw = max(0.07 * k, 0.75 / s)
     hip_y = 0.92 * k
-    if not sitting:
-        if P["side_view"]:
-            feet = [(0.28 * ph * k, 0.04), (-0.28 * ph * k, 0.04)]
-            hips = [(0.0, hip_y), (0.0, hip_y)]
-        else:
-            feet = [(-0.11 * k + 0.03 * ph, 0.04), (0.11 * k - 0.03 * ph, 0.04)]
-            hips = [(-0.08 * k, hip_y), (0.08 * k, hip_y)]
-        for hp, ft in zip(hips, feet):
-            leg = _seg_dist(u, v, hp, ft) < lw
-            col[leg] = P["trousers"]
-            m |= leg
+    if P["side_view"]:
+        feet = [(0.28 * ph * k, 0.04), (-0.28 * ph * k, 0.04)]
+        hips = [(0.0, hip_y), (0.0, hip_y)]
     else:
-        # legs bent forward/down to the pedals
-        for hp, kn, ft in (((0.0, hip_y), (0.25 * k, 0.7 * k), (0.15 * k, 0.35 * k)),):
-            leg = (_seg_dist(u, v, hp, kn) < lw) | (_seg_dist(u, v, kn, ft) < lw)
-            col[leg] = P["trousers"]
-            m |= leg
+        feet = [(-0.11 * k + 0.03 * ph, 0.04), (0.11 * k - 0.03 * ph, 0.04)]
+        hips = [(-0.08 * k, hip_y), (0.08 * k, hip_y)]
+    for hp, ft in zip(hips, feet):
+        leg = _seg_dist(u, v, hp, ft) < lw
+        col[leg] = P["trousers"]
+        m |= leg
     # torso: trapezoid from hips to shoulders
     sh_y = 1.45 * k
-    lean = 0.12 * k if sitting else 0.0
+    lean = 0.0
     t = np.clip((v - hip_y) / (sh_y - hip_y), 0, 1)
     half = (0.15 + 0.06 * t) * k
     torso = (v >= hip_y - (0.25 * k if P["coat"] else 0.05)) & (v <= sh_y + 0.03 * k) & (np.abs(u - lean * t) <= half)
@@ -1333,7 +1319,7 @@ def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float, label: int, *, sitti
     swing = 0.18 * ph * k if P["side_view"] else 0.0
     for sgn in ((0,) if P["side_view"] else (-1, 1)):
         shoulder = (sgn * 0.2 * k + lean, sh_y - 0.05 * k)
-        hand = (sgn * 0.24 * k + swing + (0.3 * k if sitting else 0.0), 0.85 * k + (0.25 * k if sitting else 0.0))
+        hand = (sgn * 0.24 * k + swing, 0.85 * k)
         arm = _seg_dist(u, v, shoulder, hand) < lw * 0.8
         col[arm] = P["shirt"] * 0.9
         hnd = np.hypot(u - hand[0], v - hand[1]) < lw
@@ -1352,7 +1338,7 @@ def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float, label: int, *, sitti
     col[hair] = P["hair"]
     m |= head | neck
     col = _tex(col, (cv.noise["grain"][rr, cc], 0.06))
-    cv.fill(rr[m], cc[m], col[m], label, z)
+    cv.fill(rr[m], cc[m], col[m], PERSON, z)
 
 
 def _add_person(rng: np.random.Generator, scene: _Scene, X: float, z: float, *, walking_side: bool | None = None) -> None:
@@ -1362,46 +1348,9 @@ def _add_person(rng: np.random.Generator, scene: _Scene, X: float, z: float, *, 
 
     def draw_p(cv: _Canvas) -> None:
         x0, y0 = cv.cam.project(X, 0.0, z)
-        _draw_person(cv, x0, y0, cv.cam.f / z, P, z, PERSON)
+        _draw_person(cv, x0, y0, cv.cam.f / z, P, z)
 
     scene.items.append(_Item(_LAYER_OBJECT, z, draw_p))
-
-
-def _add_bicycle(rng: np.random.Generator, scene: _Scene, X: float, z: float, *, rider: bool) -> None:
-    comp = rng.uniform(0.35, 0.7) if not rider else rng.uniform(0.15, 0.3)  # horizontal foreshortening
-    color = _jitter(rng, _rgb(*[(40, 40, 45), (120, 20, 25), (30, 50, 100), (170, 170, 170), (30, 80, 40)][rng.integers(5)]), 10)
-    P = _person_parts(rng, rng.uniform(1.6, 1.9), True) if rider else None
-    R = 0.34
-
-    def draw_b(cv: _Canvas) -> None:
-        cam = cv.cam
-        x0, y0 = cam.project(X, 0.0, z)
-        s = cam.f / z
-        c = comp
-        loc = cv.local(x0, y0, s, -1.0 * c, 1.0 * c, 0.0, 1.15)
-        if loc is None:
-            return
-        rr, cc, u, v = loc
-        uu = u / c
-        tw = max(0.045, 0.5 / s)
-        m = np.zeros(len(rr), bool)
-        col = np.tile(color, (len(rr), 1))
-        for wc in (-0.55, 0.55):
-            ring = np.abs(np.hypot((uu - wc) * c, v - R) - R + tw / 2) < tw / 1.5 if c > 0.3 else (np.abs((uu - wc) * c) < tw) & (v < 2 * R)
-            col[ring] = _rgb(25, 25, 25)
-            m |= ring
-        pts = [(-0.55, R), (-0.1, R), (0.35, 0.8), (-0.2, 0.82), (-0.1, R), (-0.25, 0.9)]
-        frame = np.zeros(len(rr), bool)
-        for p, q in ((pts[0], pts[1]), (pts[1], pts[2]), (pts[2], pts[3]), (pts[3], pts[1]), (pts[3], pts[0]),
-                     (pts[2], (0.55, R)), (pts[2], (0.4, 1.05)), (pts[3], pts[5])):
-            frame |= _seg_dist(uu * c, v, (p[0] * c, p[1]), (q[0] * c, q[1])) < tw / 2 + 0.01
-        m |= frame
-        cv.fill(rr[m], cc[m], col[m], BICYCLE, z + 0.01)
-        if P is not None:
-            # the rider sits above the saddle
-            _draw_person(cv, x0 - 0.15 * c * s, y0 - 0.0 * s, s, P, z - 0.01, RIDER, sitting=True)
-
-    scene.items.append(_Item(_LAYER_OBJECT, z, draw_b))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1082,7 +1082,8 @@ def _add_vehicles(rng: np.random.Generator, scene: _Scene) -> None:
     for lane in range(n_lanes):
         d = -road.rw + (lane + 0.5) * lane_w
         oncoming = (lane < n_lanes // 2) and n_lanes >= 2
-        z = rng.uniform(5, 20)
+        # obstacle scenes keep the road ahead free (as in RoadObstacle21)
+        z = rng.uniform(15, 30) if scene.obstacle_mode else rng.uniform(5, 20)
         while z < 100:
             if rng.random() < busy:
                 truck = rng.random() < 0.12
@@ -1663,6 +1664,11 @@ def generate_frame(seed: int, split: str, index: int, size: tuple[int, int] = DE
                 if ok:
                     objects = trial
                     break
+        if not objects:  # every candidate was hidden: a large object on the road close ahead
+            cand = _anomaly_candidates(orng, scene)
+            z = float(orng.uniform(7, 10))
+            objects = [_OoDObject(X=float(scene.road.center(z)), z=z, w=2.5, h=2.0, shape=cand.shape,
+                                  pattern=cand.pattern)]
         ood_img, ood_lab, mask = _render(scene, [_Item(_LAYER_OBJECT, o.z, o.draw) for o in objects], noise=noise)
     obj = mask.astype(bool)
     if track == "obstacle":

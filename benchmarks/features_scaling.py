@@ -120,9 +120,14 @@ def child(args: argparse.Namespace) -> None:
 
     cfg = config_mod.compose(overrides(args.run_dir, args.frames, args.height, args.width)
                              + [f"features.executor={args.executor}", f"features.workers={args.workers}"])
-    start = time.perf_counter()
+    def cpu() -> float:
+        return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+
+    cpu_start, start = cpu(), time.perf_counter()
     outputs = features.run(RunContext(cfg))
     seconds = time.perf_counter() - start
+    cpu_seconds = cpu() - cpu_start  # this process and its finished children (pool/Dask workers)
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     in_process = args.executor == "process" and args.workers == 1
@@ -134,7 +139,7 @@ def child(args: argparse.Namespace) -> None:
     digest = hashlib.sha256()
     for path in sorted((args.run_dir / "features").rglob("*.parquet")):
         digest.update(path.read_bytes())
-    print(json.dumps({"seconds": seconds, "steady_fps": steady, "rows": sum(o["rows"] for o in outputs.values()),
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "steady_fps": steady, "rows": sum(o["rows"] for o in outputs.values()),
                       "peak_worker_mb": me if in_process else kids, "parent_mb": me,
                       "digest": digest.hexdigest()}))
 
@@ -187,15 +192,17 @@ def main() -> None:
             results[(executor, workers)].append(res)
             print(f"  round {r + 1}: {executor:<7s} workers={workers}: {res['seconds']:6.1f} s, "
                   f"{args.frames / res['seconds']:.3f} frames/s (steady {res['steady_fps']:.3f}), "
+                  f"CPU {res['cpu_seconds'] / args.frames:.2f} s/frame, "
                   f"peak/worker {res['peak_worker_mb']:.0f} MB, "
                   f"load {res['load_before']:.2f} -> {res['load_after']:.2f}", flush=True)
 
     digests = {res["digest"] for runs in results.values() for res in runs}
     print(f"Parquet bytes identical in all {sum(map(len, results.values()))} runs: {len(digests) == 1}")
     print(f"\nmedian over {args.repeats} rounds; 'stage': the whole stage (pool/cluster start, frames, "
-          "concatenation); 'steady': frames/s after the first frame of each worker")
+          "concatenation); 'steady': frames/s after the first frame of each worker; 'CPU s/frame': "
+          "user + system time of all processes of the stage per frame")
     print(f"  {'executor':<8s} {'workers':>7s} {'stage s':>8s} {'frames/s':>9s} {'speed-up':>9s} "
-          f"{'steady f/s':>11s} {'speed-up':>9s} {'peak MB/worker':>15s}")
+          f"{'steady f/s':>11s} {'speed-up':>9s} {'CPU s/frame':>12s} {'peak MB/worker':>15s}")
     for executor in args.executors.split(","):
         base = statistics.median(x["seconds"] for x in results[(executor, 1)])
         base_steady = statistics.median(x["steady_fps"] for x in results[(executor, 1)])
@@ -204,8 +211,9 @@ def main() -> None:
             sec = statistics.median(x["seconds"] for x in runs)
             steady = statistics.median(x["steady_fps"] for x in runs)
             peak = max(x["peak_worker_mb"] for x in runs)
+            cpu_frame = statistics.median(x["cpu_seconds"] for x in runs) / args.frames
             print(f"  {executor:<8s} {workers:>7d} {sec:8.1f} {args.frames / sec:9.3f} {base / sec:8.2f}x "
-                  f"{steady:11.3f} {steady / base_steady:8.2f}x {peak:15.0f}")
+                  f"{steady:11.3f} {steady / base_steady:8.2f}x {cpu_frame:12.2f} {peak:15.0f}")
     loads = [x["load_before"] for runs in results.values() for x in runs]
     print(f"1-min load average before the measurements: {min(loads):.2f} to {max(loads):.2f} "
           f"({os.cpu_count()} cores)")

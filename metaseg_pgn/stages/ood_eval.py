@@ -25,7 +25,8 @@ from ..metrics.submission import write_scores
 from ..store import read_record
 from .common import RunContext, StageError, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
 from .infer import dataset_configs, make_dataset
-from .pixel_eval import display_name, method_names
+from ..names import method_label
+from .pixel_eval import method_names
 
 STAGE = "ood_eval"
 
@@ -139,7 +140,7 @@ def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: 
 
 
 def _table_row(key: str, track: str, method: str, by_mode: dict) -> dict:
-    row = {"dataset": key, "track": track, "method": method, "name": display_name(method)}
+    row = {"dataset": key, "track": track, "method": method, "name": method_label(method)}
     for mode, res in by_mode.items():
         pix, comp = res["pixel"], res.get("component", {})
         auprc = "AuPRC_smiyc" if mode == "smiyc" else "AP_exact"

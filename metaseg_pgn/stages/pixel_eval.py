@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..names import method_label
 from ..io import atomic_write, write_json
 from ..metrics.calibration import AuSE, ECE, brier_error, confidence_from_score
 from ..store import read_record
@@ -34,12 +35,6 @@ VOID = 255
 def method_names(record) -> list[str]:
     """Score maps evaluated, in table order: max softmax, entropy, baselines, PGN maps."""
     return ["V", "E", *record.baseline_names, *record.pgn_names]
-
-
-def display_name(method: str) -> str:
-    names = {"V": "max softmax", "E": "entropy", "mcd_E": "MC dropout entropy",
-             "mcd_MI": "MC dropout MI", "ens_E": "ensemble entropy", "ens_MI": "ensemble MI"}
-    return names.get(method, method)
 
 
 def _frames(paths, expect, progress, desc):
@@ -97,7 +92,7 @@ def run(ctx: RunContext) -> dict:
     rows, curves = [], {}
     for m in methods:
         value, curve = auses[m].compute(return_curves=True)
-        rows.append({"method": m, "name": display_name(m), "ECE": eces[m].compute(), "AuSE": value,
+        rows.append({"method": m, "name": method_label(m), "ECE": eces[m].compute(), "AuSE": value,
                      "max_over_test": maxima[m]})
         curves[m] = {"reliability": _plain(eces[m].diagram()), "sparsification": _plain(curve)}
     table = pd.DataFrame(rows)
@@ -128,8 +123,8 @@ def _figures(folder, table: pd.DataFrame, curves: dict) -> None:
     from ..plots import reliability_figure, sparsification_figure
 
     shown = _figure_methods(table)
-    reliability_figure({display_name(m): curves[m]["reliability"] for m in shown}, folder / "reliability.png")
-    sparsification_figure({display_name(m): curves[m]["sparsification"] for m in shown},
+    reliability_figure({method_label(m): curves[m]["reliability"] for m in shown}, folder / "reliability.png")
+    sparsification_figure({method_label(m): curves[m]["sparsification"] for m in shown},
                           folder / "sparsification.png")
 
 

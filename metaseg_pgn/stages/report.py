@@ -33,6 +33,7 @@ import pandas as pd
 from .. import __version__
 from ..data.palette import CLASS_NAMES, PALETTE, colorize
 from ..io import atomic_write
+from ..names import method_label
 from .common import (RunContext, dataset_key, is_up_to_date, log, read_manifest, require_manifest,
                      stage_fingerprint, write_manifest)
 
@@ -67,24 +68,6 @@ OOD_COLUMNS = ("AuPRC", "FPR95", "sIoU", "PPV", "mean F1")
 # Names, families and formatting
 
 
-def _p_label(p: str) -> str:
-    return p.replace("_", ".")
-
-
-def method_label(method: str) -> str:
-    """A readable name of a score map (``V``, ``E``, ``mcd_MI``, ``pgn_last_oh_p2``, ...)."""
-    names = {"V": "max softmax", "E": "entropy", "D": "probability margin",
-             "mcd_E": "MC dropout entropy", "mcd_MI": "MC dropout MI",
-             "ens_E": "ensemble entropy", "ens_MI": "ensemble MI"}
-    if method in names:
-        return names[method]
-    if m := re.fullmatch(r"pgn_(last|deep)_(oh|uni)_p([0-9_]+)", method):
-        layer, label, p = m.groups()
-        text = f"PGN {'one-hot' if label == 'oh' else 'uniform'}, p = {_p_label(p)}"
-        return text + (" (deeper layer)" if layer == "deep" else "")
-    return method
-
-
 def method_family(method: str) -> str:
     """The family of a score map, a key of :data:`metaseg_pgn.plots.FAMILY_COLORS`."""
     if method == "V":
@@ -108,7 +91,7 @@ def feature_set_label(name: str) -> str:
     if name in fixed:
         return fixed[name]
     if m := re.fullmatch(r"pgn_(oh|uni)_p([0-9_]+)", name):
-        return f"PGN {'one-hot' if m.group(1) == 'oh' else 'uniform'}, p = {_p_label(m.group(2))}"
+        return f"PGN {'one-hot' if m.group(1) == 'oh' else 'uniform'}, p = {m.group(2).replace('_', '.')}"
     return name
 
 
@@ -131,7 +114,7 @@ def _feature_set_rank(name: str) -> tuple:
     if name in order:
         return (order[name], -1.0)
     if m := re.fullmatch(r"pgn_(oh|uni)(?:_p([0-9_]+))?", name):
-        p = float(_p_label(m.group(2))) if m.group(2) else -1.0
+        p = float(m.group(2).replace('_', '.')) if m.group(2) else -1.0
         return (1 if m.group(1) == "oh" else 2, p)
     return (9, 0.0)
 

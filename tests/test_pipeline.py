@@ -463,10 +463,6 @@ def nan_compact(num_classes: int = 19):
     return model
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "infer checks the logits for NaN only after PGNModel has matched the last conv's output to the "
-    "model output, and that match fails first on NaN (torch.allclose: 'atol must be greater than or "
-    "equal to zero, but got nan'): a RuntimeError naming neither the frame nor the problem"))
 def test_model_output_with_nan_is_refused_naming_the_frame(tmp_path):
     run = tmp_path / "run"
     run_pipeline(compose(run, n=2, stage="infer"))

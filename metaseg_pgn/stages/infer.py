@@ -211,11 +211,17 @@ def _ensemble_members(cfg, loaded, device):
 def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, device) -> int:
     """Run one batch and write the records of its stale frames; returns how many were written."""
     x = loaded.preprocess([f.image for f in frames], device)
-    out = wrapper(x)
-    for i, frame in enumerate(frames):
-        if not torch.isfinite(out.logits[i]).all():
-            raise StageError(f"infer: the model output for frame {frame.frame_id!r} of "
-                             f"{ds!r} contains NaN or inf")
+    try:
+        out = wrapper(x)
+        bad = [f.frame_id for i, f in enumerate(frames) if not torch.isfinite(out.logits[i]).all()]
+    except ValueError as e:  # the wrapper refuses non-finite activations before we see the logits
+        bad = [f.frame_id for i, f in enumerate(frames)
+               if not torch.isfinite(_output(loaded.model(x[i:i + 1]))).all()]
+        if not bad:
+            raise StageError(f"infer: {ds!r}, frames {[f.frame_id for f in frames]}: {e}") from None
+    if bad:
+        raise StageError(f"infer: the model output for frame {bad[0]!r} of {ds!r} contains NaN "
+                         f"or inf (frames affected in this batch: {bad})")
     names = list(out.maps)
     stacked = torch.stack([out.maps[n] for n in names], dim=1) if names else None  # (B, K, h, w)
     base_cfg = cfg["baselines"]
@@ -250,6 +256,10 @@ def _pgn_fields(stacked: torch.Tensor | None, i: int) -> dict:
         return {"log_pgn": None, "log_pgn_offset": None}
     residual, offset = encode_logs(stacked[i])
     return {"log_pgn": residual, "log_pgn_offset": offset}
+
+
+def _output(out):
+    return out["out"] if isinstance(out, dict) else out
 
 
 def _reusable_baselines(path: Path, expect: dict[str, str]) -> dict[str, np.ndarray] | None:

@@ -349,7 +349,7 @@ def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: boo
     sw_delta = rng.uniform(8, 70) if rng.random() < 0.85 else rng.uniform(-15, 8)
     sw_tint = rng.uniform(-8, 12, 3)
     sidewalk_col = np.clip(road_col + (sw_delta + sw_tint) / 255.0, 0, 1)
-    terrain_kind = rng.choice(["grass", "dry", "mixed"], p=[0.55, 0.2, 0.25])
+    terrain_kind = rng.choice(["grass", "dry", "mixed"], p=[0.65, 0.2, 0.15])
     if terrain_kind == "grass":
         terrain_col = _rgb(rng.uniform(95, 135), rng.uniform(125, 160), rng.uniform(55, 85))
     elif terrain_kind == "dry":
@@ -388,10 +388,12 @@ def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: boo
         else:
             kind = "open" if rng.random() < 0.85 else "buildings"
         sw = rng.uniform(1.5, 4.5) if rng.random() < 0.9 else 0.0
+        # a grass verge between kerb and pavement (suburban streets); ``sw`` is the outer edge
+        verge = rng.uniform(1.0, 2.5) if sw > 0 and rng.random() < 0.35 else 0.0
         beyond = "sidewalk" if kind == "buildings" else "terrain"
         side_street = (rng.uniform(12, 60), rng.uniform(7, 14)) if rng.random() < 0.3 else None
-        scene.sides.append(dict(side=side, kind=kind, sw=sw, beyond=beyond, side_street=side_street,
-                                buildings=[], sun=(side == sun_side)))
+        scene.sides.append(dict(side=side, kind=kind, sw=sw + verge, verge=verge, beyond=beyond,
+                                side_street=side_street, buildings=[], sun=(side == sun_side)))
     scene.sidewalk_ids = {}
     _add_sky_items(rng, scene)
     _add_buildings(rng, scene)
@@ -499,10 +501,13 @@ def _draw_ground(cv: _Canvas, scene: _Scene) -> None:
         in_ss |= (side == i) & _in_side_street(s, Z)
 
     label = np.full(len(rr), ROAD, np.uint8)
+    verge = np.array([s["verge"] for s in scene.sides])[side]
     is_curb = (a >= 0) & (a < 0.25) & (sw > 0) & ~in_ss
-    is_sw = (a >= 0.25) & (a < sw) & ~in_ss
+    is_verge = (a >= 0.25) & (a < 0.25 + verge) & ~in_ss
+    is_sw = (a >= 0.25) & (a < sw) & ~in_ss & ~is_verge
     is_beyond = (a >= np.maximum(sw, 0)) & ~in_ss & ~((a >= 0) & (a < sw))
     label[is_curb | is_sw] = SIDEWALK
+    label[is_verge] = TERRAIN
     label[is_beyond] = np.where(beyond_terrain[is_beyond], TERRAIN, SIDEWALK)
     # grass verge when there is no sidewalk
     label[(a >= 0) & (sw == 0) & ~in_ss] = np.where(beyond_terrain[(a >= 0) & (sw == 0) & ~in_ss], TERRAIN, SIDEWALK)
@@ -1282,7 +1287,7 @@ def _person_parts(rng: np.random.Generator, height: float, side_view: bool) -> d
         trousers=_jitter(rng, _rgb(*_CLOTHES[rng.integers(len(_CLOTHES))]) * 0.8, 10),
         skin=_jitter(rng, _rgb(*_SKIN[rng.integers(len(_SKIN))]), 8),
         hair=_jitter(rng, _rgb(*[(30, 25, 20), (70, 50, 35), (120, 100, 70), (150, 150, 150)][rng.integers(4)]), 8),
-        bag=rng.random() < 0.25, coat=rng.random() < 0.3, width=rng.uniform(1.0, 1.25),
+        bag=rng.random() < 0.25, coat=rng.random() < 0.55, width=rng.uniform(1.0, 1.25),
     )
 
 
@@ -1320,7 +1325,7 @@ def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float) -> None:
     swing = 0.18 * ph * k if P["side_view"] else 0.0
     for sgn in ((0,) if P["side_view"] else (-1, 1)):
         shoulder = (sgn * 0.2 * k + lean, sh_y - 0.05 * k)
-        hand = (sgn * 0.24 * k + swing, 0.85 * k)
+        hand = (sgn * 0.2 * k + swing, 0.85 * k)
         arm = _seg_dist(u, v, shoulder, hand) < lw * 0.8
         col[arm] = P["shirt"] * 0.9
         hnd = np.hypot(u - hand[0], v - hand[1]) < lw

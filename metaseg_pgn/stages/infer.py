@@ -61,12 +61,40 @@ def group_fingerprints(cfg: dict, ds_cfg: dict) -> dict[str, str]:
     return {
         "core": core,
         "pgn": fingerprint({"core": core, "pgn": cfg["pgn"]}),
-        "baselines": fingerprint({"core": core, "baselines": cfg["baselines"], "seed": cfg["seed"]}),
+        "baselines": fingerprint({"core": core, "baselines": resolved_baselines(cfg), "seed": cfg["seed"]}),
     }
 
 
+def ensemble_seeds(cfg: dict) -> list[int]:
+    """The configured ensemble members that are shipped (the deep ensemble needs at least two)."""
+    ens = cfg["baselines"]["ensemble"]
+    if not ens.get("enabled"):
+        return []
+    if cfg["model"]["name"] == "checkpoint":
+        raise StageError("baselines.ensemble needs several trained members: it is available for "
+                         "shipped models; set baselines.ensemble.enabled=false for a checkpoint")
+    from ..models.pretrained import available_seeds
+
+    shipped = set(available_seeds(cfg["model"]["name"]))
+    seeds = [int(s) for s in ens["seeds"] if int(s) in shipped]
+    if len(seeds) < 2:
+        log.warning("baselines.ensemble: only member(s) %s of %s are shipped; the ensemble maps are "
+                    "left out (train more with stage=train)", seeds, list(ens["seeds"]))
+        return []
+    return seeds
+
+
+def resolved_baselines(cfg: dict) -> dict:
+    """The baseline settings as they take effect (the ensemble reduced to its shipped members)."""
+    base = {k: dict(v) for k, v in cfg["baselines"].items()}
+    seeds = ensemble_seeds(cfg) if base["ensemble"].get("enabled") else []
+    base["ensemble"] = {"enabled": bool(seeds), "seeds": seeds}
+    return base
+
+
 def stage_config(cfg: dict) -> dict:
-    return {k: cfg[k] for k in ("dataset", "ood_datasets", "model", "pgn", "baselines", "seed")}
+    part = {k: cfg[k] for k in ("dataset", "ood_datasets", "model", "pgn", "baselines", "seed")}
+    return {**part, "ensemble_members": ensemble_seeds(cfg)}
 
 
 def records_dir(ctx: RunContext, ds_cfg: dict) -> Path:
@@ -196,15 +224,9 @@ def _same_size_groups(frames):
 
 
 def _ensemble_members(cfg, loaded, device):
-    ens = cfg["baselines"]["ensemble"]
-    if not ens.get("enabled"):
-        return []
-    if cfg["model"]["name"] == "checkpoint":
-        raise StageError("baselines.ensemble needs several trained members: it is available for "
-                         "shipped models; set baselines.ensemble.enabled=false for a checkpoint")
     main_seed = cfg["model"].get("seed", 0)
     return [loaded.model if s == main_seed else load_model(cfg["model"], device, seed=s).model
-            for s in ens["seeds"]]
+            for s in ensemble_seeds(cfg)]
 
 
 @torch.no_grad()

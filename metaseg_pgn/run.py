@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 
 from . import config as config_mod
+
+SHARDED_STAGES = ("infer", "features")
 
 HELP = """\
 usage: python -m metaseg_pgn.run [-m|--multirun] [--cfg] [key=value ...]
@@ -86,7 +89,10 @@ def run_pipeline(cfg: dict) -> None:
     from .stages.common import RunContext
 
     ctx = RunContext(cfg)
+    rank = int(os.environ.get("RANK", 0))
     for stage in config_mod.stages_to_run(cfg):
+        if rank != 0 and stage not in SHARDED_STAGES:
+            continue  # under torchrun only infer and features are sharded; rank 0 runs the rest
         started = time.time()
         logging.info("stage %s: start (run folder %s)", stage, ctx.run_dir)
         with _seeded(int(cfg.get("seed", 0))):

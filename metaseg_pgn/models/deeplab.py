@@ -8,12 +8,14 @@ Its logits live at stride 4 and are resized bilinearly to the input size.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# One implementation of MC dropout for every model (re-exported here for DeepLabV3+ users).
+from ..baselines import DROPOUT_TYPES, mc_dropout  # noqa: F401
 
 __all__ = [
     "BasicBlock",
@@ -27,14 +29,6 @@ __all__ = [
     "set_mc_dropout",
 ]
 
-_DROPOUT_TYPES = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int, *, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -403,27 +397,9 @@ def set_mc_dropout(model: nn.Module, enabled: bool) -> nn.Module:
     model.eval()
     if enabled:
         for m in model.modules():
-            if isinstance(m, _DROPOUT_TYPES):
+            if isinstance(m, DROPOUT_TYPES):
                 m.train()
     return model
-
-
-@contextlib.contextmanager
-def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
-    """Context manager: MC dropout inside (see :func:`set_mc_dropout`), each module's mode restored after.
-
-    Examples
-    --------
-    >>> with mc_dropout(model):
-    ...     samples = [model(x).softmax(1) for _ in range(25)]
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    set_mc_dropout(model, True)
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def compact(num_classes: int = 19, **kw) -> DeepLabV3Plus:

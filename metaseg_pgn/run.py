@@ -1,6 +1,10 @@
-"""Command line: ``python -m metaseg_pgn.run [stage=...] [key=value ...]``.
+"""Command line: ``python -m metaseg_pgn.run [stage=...] [key=value ...]`` (or ``metaseg-pgn ...``).
 
-Runs the stages of a pipeline (default: the embedded synthetic world) into its run folder.
+A Hydra application: the configuration is composed from the configs shipped in
+``metaseg_pgn/conf`` (see :mod:`metaseg_pgn.config`) and Hydra's overrides; ``-m`` sweeps through
+Hydra's launcher, ``--cfg job`` prints the composed configuration. Before Hydra runs anything,
+every run of the call is composed and validated, so a typo stops the call with one line and exit
+status 2, and nothing is written.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from . import config as config_mod
 SHARDED_STAGES = ("infer", "features")
 
 HELP = """\
-usage: python -m metaseg_pgn.run [-m|--multirun] [--cfg] [key=value ...]
+usage: python -m metaseg_pgn.run [-m] [--cfg job] [--config-dir DIR] [key=value ...]
+       metaseg-pgn ...  (the same)
 
 Stages (stage=NAME, or stage=[a,b]; default: all):
-  train       train the compact DeepLabV3+ on the synthetic world (not part of 'all';
-              the trained weights ship with the package)
+  train       train the compact DeepLabV3+ on the synthetic world (train.* settings; not in 'all')
   infer       run the network; write per-frame records: prediction, logits, PGN maps, baselines
   features    segments + per-segment features and IoU_adj -> Parquet (features/)
   meta        meta classification (IoU = 0) and regression (IoU) per feature set -> JSON/CSV
@@ -29,10 +33,11 @@ Stages (stage=NAME, or stage=[a,b]; default: all):
   report      Markdown + HTML report with figures
   all         infer, features, meta, pixel_eval, ood_eval, report
 
-Main settings (see docs/configuration.md for all):
-  pipeline=synthetic|cityscapes|smiyc|PATH.yaml    pipeline file in pipelines/
-  dataset=synthetic|cityscapes  dataset.root=...   dataset config group and its keys
-  model=synthetic_compact|checkpoint  model.checkpoint=...  model.factory=module:callable
+Main settings (docs/configuration.md lists every key with its type and default):
+  pipeline=synthetic|cityscapes|smiyc        the pipeline (config group in metaseg_pgn/conf)
+  dataset=synthetic|cityscapes|folder|...    dataset.root=...  dataset.split=...
+  model=synthetic_compact|custom             model._target_=pkg.build  model.KEY=VALUE (its args)
+                                             model.checkpoint=FILE  model.init=checkpoint|target|random
   pgn.ps=[0.1,0.3,0.5,1,2]  pgn.labels=[oh,uni]  pgn.weights=paper|gradient
   pgn.resolution=feature|input  pgn.layers=[last]|[last,deep]
   baselines.mc_dropout.samples=25  baselines.ensemble.enabled=true
@@ -40,9 +45,14 @@ Main settings (see docs/configuration.md for all):
   features.workers=1  features.executor=process|dask  features.scheduler=ADDRESS
   run_dir=data/runs/<pipeline>   device=auto|cpu|cuda   seed=0
 
-  --cfg          print the composed configuration and exit
-  -m/--multirun  sweep: key=a,b runs once per value (each in run_dir/<key=value,...>)
+Hydra's options:
+  --cfg job            print the composed configuration and exit (--resolve: with values resolved)
+  -m, --multirun       sweep: key=a,b runs once per value, each in run_dir/<key=value,...>
+  --config-dir DIR     a folder with your own configs (pipeline/*.yaml, model/*.yaml, ...)
+  --hydra-help         Hydra's own help (launchers, shell completion, ...)
 """
+
+HYDRA_FLAGS_WITHOUT_JOB = ("--hydra-help", "--info", "--shell-completion", "-sc", "--version")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,37 +60,86 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(HELP)
         return 0
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    show_cfg = "--cfg" in argv
-    overrides = [a for a in argv if a not in ("-m", "--multirun", "--cfg")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    from .stages.common import StageError
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    hydra_argv = [a for a in argv if a not in args.overrides]
+    if not any(a.split("=")[0] in HYDRA_FLAGS_WITHOUT_JOB for a in argv):
+        try:
+            overrides = config_mod.rewrite_model_kwargs(list(args.overrides), args.config_dir)
+            jobs = sweep_jobs(overrides) if args.multirun else [overrides]
+            for job in jobs:
+                config_mod.compose(job, args.config_dir)
+        except config_mod.ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        hydra_argv += overrides
+        if args.multirun and len(jobs) > 1:
+            hydra_argv.append(_name_runs_by_swept_keys(jobs))
+    config_mod.register_configs()
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "metaseg-pgn", *hydra_argv]
+    try:
+        _hydra_main()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override lists of each run of a sweep, as Hydra's basic sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:
+        raise config_mod.ConfigError(config_mod.one_line(e)) from None
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _name_runs_by_swept_keys(jobs: list[list[str]]) -> str:
+    """Keep only the swept keys in the run folders' names (``meta.n_runs=2``, not every override)."""
+    fixed = [job_key(o) for o in jobs[0] if all(o in job for job in jobs)]
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(fixed)}]"
+
+
+def job_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _task(cfg) -> None:
+    """Hydra's task: one run of the pipeline."""
+    from hydra.core.hydra_config import HydraConfig
+
     from .data.base import DataError
+    from .models.loader import ModelError
+    from .stages.common import StageError
     from .store import RecordError
 
     try:
-        sweeps = config_mod.expand_sweep(overrides) if multirun else [overrides]
-        # The swept arguments, by position: an argument equal to another one (a base override
-        # `meta.n_runs=2` before the sweep `meta.n_runs=1,2`) must not hide this run's value.
-        varying = [k for k in range(len(overrides)) if len({s[k] for s in sweeps}) > 1]
-        for i, sweep in enumerate(sweeps):
-            cfg = config_mod.compose(sweep)
-            if multirun and len(sweeps) > 1:
-                swept = [sweep[k] for k in varying]  # the values this run picked
-                cfg["run_dir"] = f"{cfg['run_dir']}/{','.join(swept)}"
-            if show_cfg:
-                if multirun and len(sweeps) > 1:
-                    print("---")  # one YAML document per run (mappings run together would merge)
-                print(config_mod.to_yaml(cfg))
-                continue
-            if multirun:
-                logging.info("multirun %d/%d: %s", i + 1, len(sweeps), " ".join(sweep))
-            run_pipeline(cfg)
-    except (config_mod.ConfigError, StageError, DataError, RecordError) as e:
+        plain = config_mod.to_plain(cfg)
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+            plain["run_dir"] = os.path.join(hydra_cfg.sweep.dir, hydra_cfg.sweep.subdir)
+        run_pipeline(plain)
+    except (config_mod.ConfigError, StageError, DataError, RecordError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        raise SystemExit(2) from None
+
+
+def _hydra_main() -> None:
+    import hydra
+
+    hydra.main(config_path=f"pkg://{config_mod.CONFIG_MODULE}", config_name=config_mod.CONFIG_NAME,
+               version_base="1.3")(_task)()
 
 
 def run_pipeline(cfg: dict) -> None:
@@ -115,5 +174,10 @@ def _seeded(seed: int):
         yield
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``metaseg-pgn`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

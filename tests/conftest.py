@@ -9,15 +9,18 @@ import pytest
 from metaseg_pgn import config as config_mod
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# The anchors' own outputs on fixed inputs (a copy of shared/reference; see tests/data/README.md).
+REFERENCE_DATA = Path(__file__).resolve().parent / "data"
 
 
 def tiny_overrides(run_dir: Path, n: int = 4, n_ood: int = 3, size=(64, 128)) -> list[str]:
     """Overrides for a run on a few small synthetic frames with a randomly initialised compact
-    model (no shipped weights needed), MC dropout with 2 samples, no ensemble."""
+    model (``model=custom model.init=random``: no shipped weights needed), MC dropout with 2
+    samples, no ensemble."""
     h, w = size
     return [
-        "model=checkpoint",
+        "model=custom",
+        "model.init=random",
         f"dataset.n={n}",
         f"dataset.size=[{h},{w}]",
         f"ood_datasets=[{{name: synthetic_obstacle, n: {n_ood}, size: [{h},{w}], seed: 0}},"
@@ -34,10 +37,3 @@ def tiny_overrides(run_dir: Path, n: int = 4, n_ood: int = 3, size=(64, 128)) ->
 def tiny_cfg(tmp_path):
     """A composed configuration of a tiny run in ``tmp_path / 'run'`` (see :func:`tiny_overrides`)."""
     return config_mod.compose(tiny_overrides(tmp_path / "run"))
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.exists():
-        pytest.skip(f"{SHARED} (the design notes' reference vectors) is not next to the checkout")
-    return SHARED

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
+import pytest
+import torch
 import yaml
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO
 from metaseg_pgn import config as config_mod
 
-# The stages as docs/configuration.md lists them.
 DOCUMENTED_STAGES = ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "report", "all")
 
 
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "metaseg_pgn.run", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "metaseg_pgn.run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def one_frame_run(run_dir: Path) -> list[str]:
+    """A run of one 32x64 frame, random compact model, no baselines: infer takes a second."""
+    return ["model=custom", "model.init=random", "dataset.n=1", "dataset.size=[32,64]", "ood_datasets=[]",
+            "baselines.mc_dropout.enabled=false", "baselines.ensemble.enabled=false", "progress=false",
+            f"run_dir={run_dir}"]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
 
 
 def test_help_lists_every_stage():
@@ -29,51 +47,134 @@ def test_help_lists_every_stage():
     listed = {line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ") and line.split()}
     for stage in set(DOCUMENTED_STAGES) | set(config_mod.STAGES):
         assert stage in listed, f"stage {stage!r} missing from --help"
-    assert "--cfg" in proc.stdout and "--multirun" in proc.stdout
+    assert "--cfg job" in proc.stdout and "--multirun" in proc.stdout
 
 
-def test_cfg_prints_the_composed_configuration_and_runs_nothing(tmp_path):
+def test_cfg_job_prints_the_composed_configuration_and_runs_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    proc = cli("--cfg", "pgn.ps=[0.5,2]", "meta.n_runs=3", "dataset.n=7", "model=checkpoint",
+    proc = cli("--cfg", "job", "--resolve", "pgn.ps=[0.5,2]", "dataset.size=[512,1024]", "dataset.n=7",
                f"run_dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["pgn"]["ps"] == [0.5, 2]
-    assert cfg["meta"]["n_runs"] == 3
-    assert cfg["dataset"] == {"name": "synthetic", "split": "val", "n": 7, "size": [256, 512], "seed": 0}
-    assert cfg["model"]["name"] == "checkpoint" and cfg["model"]["factory"] == "compact"
+    assert cfg["pgn"]["ps"] == [0.5, 2.0]
+    assert cfg["dataset"] == {"name": "synthetic", "split": "val", "n": 7, "size": [512, 1024], "seed": 0}
+    assert [d["size"] for d in cfg["ood_datasets"]] == [[512, 1024]] * 2  # interpolated
     assert cfg["run_dir"] == str(run_dir) and cfg["stage"] == "all" and cfg["pipeline"] == "synthetic"
-    # every documented key is there, nothing else at the top level
-    assert set(cfg) == set(config_mod.DEFAULTS)
     assert not run_dir.exists()
 
 
-def test_cfg_with_multirun_prints_one_document_per_run(tmp_path):
-    proc = cli("-m", "--cfg", "meta.n_runs=1,2", f"run_dir={tmp_path / 'sweep'}")
+# A typo and a wrong type in every group of the configuration.
+BAD = [
+    (["pipeline=synthtic"], "pipeline=synthtic: no such option"),
+    (["dataset.roo=/x"], "dataset.roo: unknown configuration key"),
+    (["dataset.n=many"], "could not be converted to Integer"),
+    (["model.sed=1"], "model.sed: unknown configuration key"),
+    (["model.seed=abc"], "could not be converted to Integer"),
+    (["model=custom", "model.chekpoint=/x.pt"], "did you mean 'checkpoint'"),
+    (["model=custom", "model.init=random", "model.mean=[a,b,c]"], "model.mean"),
+    (["pgn.p=[1]"], "pgn.p: unknown configuration key"),
+    (["pgn.weights=exact"], "expected one of [paper, gradient]"),
+    (["baselines.mc_dropout.sample=3"], "did you mean 'samples'"),
+    (["baselines.ensemble.enabled=maybe"], "baselines.ensemble.enabled=maybe"),
+    (["infer.batchsize=2"], "did you mean 'batch_size'"),
+    (["infer.batch_size=two"], "could not be converted to Integer"),
+    (["features.worker=2"], "did you mean 'workers'"),
+    (["features.executor=spark"], "expected one of [process, dask]"),
+    (["meta.protocl=metaseg"], "did you mean 'protocol'"),
+    (["meta.n_runs=x"], "could not be converted to Integer"),
+    (["pixel_eval.nbins=5"], "did you mean 'n_bins'"),
+    (["pixel_eval.max_pixels=lots"], "could not be converted to Integer"),
+    (["ood_eval.mode=[exact]"], "did you mean 'modes'"),
+    (["ood_eval.export=perhaps"], "ood_eval.export=perhaps"),
+    (["report.example_frame=2"], "did you mean 'example_frames'"),
+    (["report.example_frames=x"], "could not be converted to Integer"),
+    (["train.iteration=1"], "did you mean 'iterations'"),
+    (["train.lr=fast"], "could not be converted to Float"),
+    (["stage=infr"], "did you mean 'infer'"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_a_bad_key_or_value_is_one_line_with_exit_2_and_writes_nothing(tmp_path, overrides, message):
+    proc = cli(*overrides, f"run_dir={tmp_path / 'run'}")
+    assert_one_line_error(proc, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_checkpoint_is_named_before_anything_runs(tmp_path):
+    proc = cli("model=custom", f"model.checkpoint={tmp_path / 'nope.pt'}", f"run_dir={tmp_path / 'run'}")
+    assert_one_line_error(proc, "model.checkpoint", str(tmp_path / "nope.pt"), "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_random_initialisation_only_when_asked(tmp_path):
+    proc = cli("model=custom", f"run_dir={tmp_path / 'run'}")
+    assert_one_line_error(proc, "model.checkpoint is not set", "model.init=random")
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_file_and_keys(tmp_path):
+    from metaseg_pgn.models import compact
+
+    ckpt = tmp_path / "three_classes.pt"
+    torch.save(compact(num_classes=3).state_dict(), ckpt)
+    args = [a for a in one_frame_run(tmp_path / "run") if a != "model.init=random"]
+    proc = cli(*args, f"model.checkpoint={ckpt}", "stage=infer")
+    assert_one_line_error(proc, str(ckpt), "does not fit the model", "head.classifier.weight")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    proc = cli(*args, f"model.checkpoint={tmp_path / 'garbage.pt'}", "stage=infer")
+    assert_one_line_error(proc, str(tmp_path / "garbage.pt"), "cannot be read")
+
+
+def test_a_run_saves_its_composed_config_and_overrides_in_the_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli(*one_frame_run(run_dir), "stage=infer", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    docs = [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
-    assert [d["meta"]["n_runs"] for d in docs] == [1, 2]
-    assert [d["run_dir"] for d in docs] == [str(tmp_path / "sweep" / f"meta.n_runs={n}") for n in (1, 2)]
-    assert not (tmp_path / "sweep").exists()
+    saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert saved["dataset"]["n"] == 1 and saved["model"]["init"] == "random"
+    assert "dataset.n=1" in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    assert (run_dir / "infer" / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the working directory is unchanged
 
 
-def test_multirun_gives_one_run_folder_per_value(tmp_path):
+def test_multirun_over_paths_gives_one_safely_named_folder_per_value(tmp_path):
+    from metaseg_pgn.models import compact
+
+    ckpts = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        (tmp_path / f"net{seed}").mkdir()
+        ckpts.append(tmp_path / f"net{seed}" / "weights.pt")
+        torch.save(compact().state_dict(), ckpts[-1])
     sweep = tmp_path / "sweep"
-    args = tiny_overrides(sweep, n=3) + ["ood_datasets=[]", "stage=[infer,features,meta]",
-                                          "meta.feature_sets=[metaseg]", "meta.n_runs=1,2"]
-    proc = cli("-m", *args)
+    args = [a for a in one_frame_run(sweep) if a != "model.init=random"]
+    proc = cli("-m", *args, "stage=infer", f"model.checkpoint={ckpts[0]},{ckpts[1]}")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in sweep.iterdir()) == ["meta.n_runs=1", "meta.n_runs=2"]
-    for n in (1, 2):
-        results = pd.read_csv(sweep / f"meta.n_runs={n}" / "meta" / "meta_results.csv")
-        assert sorted(results["run"].unique()) == list(range(n))
-        assert (results["feature_set"] == "metaseg").all()
+    folders = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name != ".hydra")
+    assert len(folders) == 2
+    for folder, ckpt in zip(sorted(folders, key=lambda f: str(ckpt_of(f))), ckpts):
+        assert "/" not in folder.name and folder.name.startswith("model.checkpoint=")
+        assert ckpt_of(folder) == str(ckpt)
+        assert (folder / "infer" / "manifest.json").exists()
 
 
-def test_stage_lists_may_name_all():
-    """``all`` inside a list stands for the documented stages (it used to reach the stage table as a
-    stage named 'all' and fail with KeyError)."""
-    everything = ["infer", "features", "meta", "pixel_eval", "ood_eval", "report"]
-    assert config_mod.stages_to_run(config_mod.compose(["stage=[all]"])) == everything
-    assert config_mod.stages_to_run(config_mod.compose(["stage=[train,all]"])) == ["train", *everything]
-    assert config_mod.stages_to_run(config_mod.compose(["stage=[infer,features]"])) == ["infer", "features"]
+def ckpt_of(folder: Path) -> str:
+    return yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())["model"]["checkpoint"]
+
+
+def test_the_console_script_is_the_same_command():
+    exe = shutil.which("metaseg-pgn")
+    if exe is None:
+        pytest.skip("the package is not installed (pip install .): no metaseg-pgn on PATH")
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "stage=NAME" in proc.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="hydra-submitit-launcher is not installed (pip install '.[slurm]')")
+def test_the_slurm_launcher_composes(tmp_path):
+    proc = cli("--cfg", "hydra", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+               "hydra.launcher.timeout_min=60", f"run_dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
+    assert not (tmp_path / "sweep").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -23,20 +22,9 @@ from metaseg_pgn.metrics.ood import (
 from metaseg_pgn.metrics.submission import list_frames, read_scores, submission_path, write_scores
 
 
-def _shared() -> Path | None:
-    env = os.environ.get("METASEG_PGN_SHARED")
-    for cand in [Path(__file__).resolve().parents[2] / "shared", Path(env) if env else None]:
-        if cand is not None and (cand / "reference" / "smiyc").is_dir():
-            return cand
-    return None
+from conftest import REFERENCE_DATA
 
-
-SHARED = _shared()
-REF = SHARED / "reference" / "smiyc" if SHARED else None
-needs_ref = pytest.mark.skipif(
-    REF is None,
-    reason="shared/reference/smiyc not found next to the checkout (set METASEG_PGN_SHARED)",
-)
+REF = REFERENCE_DATA / "smiyc"
 
 
 def _ref_frames():
@@ -115,7 +103,6 @@ SEG_KEYS = {"thresh_p": "threshold", "sIoU_gt": "sIoU_gt_smiyc", "PPV_prec_pred"
             "fp_mean": "FP_mean_smiyc", "fn_mean": "FN_mean_smiyc"}
 
 
-@needs_ref
 @pytest.mark.parametrize("track", ["obstacle", "anomaly"])
 def test_reproduces_benchmark_reference(track):
     ref = json.loads((REF / f"ex1_ex2_{track}.json").read_text())
@@ -163,7 +150,6 @@ def test_reproduces_benchmark_reference(track):
         assert got["size_pred"] == want["size_pred"]
 
 
-@needs_ref
 def test_component_threshold_is_compared_in_float16():
     # The benchmark compares its float16 map with the threshold in float16; a float64
     # comparison would add the pixels in (thr, float16(thr)] and change the component sizes.

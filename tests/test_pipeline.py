@@ -9,7 +9,7 @@
 - bad inputs give clear errors and leave earlier outputs untouched;
 - two runs of one configuration give identical records and byte-identical tables.
 
-The model is the compact DeepLabV3+ randomly initialised (``model=checkpoint`` without a checkpoint,
+The model is the compact DeepLabV3+ randomly initialised (``model=custom model.init=random``,
 seeded by ``seed``), so no shipped weights are needed; with it about 70 % of the segments have
 IoU = 0, so both meta classes occur.
 """
@@ -467,7 +467,7 @@ def test_model_output_with_nan_is_refused_naming_the_frame(tmp_path):
     run = tmp_path / "run"
     run_pipeline(compose(run, n=2, stage="infer"))
     before = snapshot(run)
-    bad = compose(run, f"model.factory={__name__}:nan_compact", n=2, stage="infer")
+    bad = compose(run, f"model._target_={__name__}.nan_compact", n=2, stage="infer")
     with pytest.raises(StageError, match=r"val_000000.*NaN"):
         run_pipeline(bad)
     assert snapshot(run) == before

@@ -224,3 +224,10 @@ def test_formatting():
     assert report.order_feature_sets(["entropy", "pgn_uni_p2", "metaseg+pgn", "pgn_uni_p0_5", "mine", "metaseg"]) \
         == ["metaseg", "pgn_uni_p0_5", "pgn_uni_p2", "metaseg+pgn", "entropy", "mine"]
     assert report.method_label("pgn_deep_uni_p0_5") == "PGN uniform, p = 0.5 (deeper layer)"
+
+
+def test_an_untrained_network_is_said_in_the_first_line(tiny_run):
+    md, html = _texts(tiny_run)
+    first = [line for line in md.splitlines()[1:] if line.strip()][0]
+    assert "Untrained network" in first and "model.init=random" in first
+    assert "Untrained network" in html

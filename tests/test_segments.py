@@ -24,7 +24,9 @@ from metaseg_pgn.segments import (
     segment_features,
 )
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "metaseg"
+from conftest import REFERENCE_DATA
+
+REFERENCE = REFERENCE_DATA / "metaseg"
 VOID = 255
 NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 

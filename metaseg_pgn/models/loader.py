@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +30,65 @@ class LoadedModel:
         return (x - mean) / std
 
 
-def _resolve_factory(factory: str):
-    if ":" in factory:
-        module_name, attr = factory.split(":", 1)
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"model.factory={factory!r} cannot be imported: {e}") from None
-    from .deeplab import build_model
+class ModelError(ValueError):
+    """The configured model cannot be built or loaded (the message names the key or file)."""
 
-    return lambda num_classes, **kw: build_model(factory, num_classes, **kw)
+
+def build_custom(model_cfg: dict) -> nn.Module:
+    """Call the configured ``_target_`` with every key of ``model_cfg`` that is not a setting."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from ..config import CustomModel
+
+    settings = {f for f in CustomModel.__dataclass_fields__}
+    kwargs = {k: v for k, v in model_cfg.items() if k not in settings}
+    try:
+        model = instantiate({"_target_": model_cfg["_target_"], **kwargs}, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ModelError(f"model._target_={model_cfg['_target_']}: {type(cause).__name__}: "
+                         f"{str(cause).splitlines()[0] if str(cause) else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model._target_={model_cfg['_target_']} returned a {type(model).__name__}, "
+                         f"not a torch.nn.Module")
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state_dict file (optionally under a ``state_dict`` key) into ``model``, strictly.
+
+    Raises
+    ------
+    ModelError
+        The file is missing or unreadable, or its keys or shapes do not fit the model (the message
+        names the file and up to five of the keys concerned).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"model.checkpoint: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle, zip and runtime errors for damaged files
+        raise ModelError(f"{path}: cannot be read as a PyTorch state_dict ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: holds a {type(state).__name__}, not a state_dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+        if keys:
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            problems.append(f"{what}: {', '.join(keys[:5])}{more}")
+    if problems:
+        raise ModelError(f"{path}: does not fit the model ({'; '.join(problems)})")
+    model.load_state_dict(state)
 
 
 def load_model(model_cfg: dict, device: torch.device, *, seed: int | None = None) -> LoadedModel:
@@ -49,31 +97,32 @@ def load_model(model_cfg: dict, device: torch.device, *, seed: int | None = None
     Parameters
     ----------
     model_cfg : dict
-        ``name``: a shipped model (``synthetic_compact``) or ``checkpoint``. For ``checkpoint``:
-        ``factory`` (``module:callable`` returning an nn.Module, or an architecture name of
-        :mod:`metaseg_pgn.models.deeplab`), ``checkpoint`` (a state_dict file, optional),
-        ``num_classes``, ``mean``/``std`` (input normalisation, RGB in [0, 1]).
+        ``name``: a shipped model (``synthetic_compact``) or ``custom``. For ``custom``:
+        ``_target_`` (a callable returning an nn.Module) and its keyword arguments, ``init``
+        (``checkpoint``: load ``checkpoint``, a state_dict file; ``target``: the target loads its own
+        weights; ``random``: leave the network untrained), ``mean``/``std`` (input normalisation,
+        RGB in [0, 1]). See :class:`metaseg_pgn.config.CustomModel`.
     seed : int, optional
         For shipped models: which training seed (ensemble member); default ``model_cfg["seed"]``.
+
+    Raises
+    ------
+    ModelError
+        The target cannot be built, or the checkpoint is missing, unreadable or does not fit.
     """
     name = model_cfg["name"]
-    if name == "checkpoint":
-        build = _resolve_factory(str(model_cfg.get("factory", "compact")))
-        model = build(num_classes=int(model_cfg.get("num_classes", 19)))
-        ckpt = model_cfg.get("checkpoint")
-        if ckpt:
-            path = Path(ckpt)
-            if not path.exists():
-                raise ValueError(f"model.checkpoint: {path} does not exist")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as e:
-                raise ValueError(f"{path}: does not fit model.factory={model_cfg.get('factory')}: {e}") from None
+    if name == "custom":
+        model = build_custom(model_cfg)
+        init = model_cfg.get("init", "checkpoint")
+        if init == "checkpoint":
+            if not model_cfg.get("checkpoint"):
+                raise ModelError("model.checkpoint is not set (model.init=checkpoint); give a state_dict file, "
+                                 "or model.init=target / model.init=random")
+            load_checkpoint(model, model_cfg["checkpoint"])
         mean = tuple(model_cfg.get("mean", IMAGENET_MEAN))
         std = tuple(model_cfg.get("std", IMAGENET_STD))
-        description = {"name": name, "factory": model_cfg.get("factory"), "checkpoint": ckpt}
+        description = {"name": name, "target": model_cfg["_target_"], "init": init,
+                       "checkpoint": model_cfg.get("checkpoint") if init == "checkpoint" else None}
     else:
         from .pretrained import load_pretrained, pretrained_record
 

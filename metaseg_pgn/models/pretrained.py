@@ -24,7 +24,7 @@ __all__ = ["WEIGHTS_DIR", "available_seeds", "weights_path", "pretrained_record"
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
-_RETRAIN = "python -m metaseg_pgn.stages.train seed={seed} ship=true"
+_RETRAIN = "python -m metaseg_pgn.run stage=train train.seed={seed} train.ship=true"
 
 
 def weights_path(name: str = "synthetic_compact", seed: int = 0, directory: str | Path | None = None) -> Path:

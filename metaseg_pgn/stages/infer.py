@@ -70,9 +70,9 @@ def ensemble_seeds(cfg: dict) -> list[int]:
     ens = cfg["baselines"]["ensemble"]
     if not ens.get("enabled"):
         return []
-    if cfg["model"]["name"] == "checkpoint":
+    if cfg["model"]["name"] == "custom":
         raise StageError("baselines.ensemble needs several trained members: it is available for "
-                         "shipped models; set baselines.ensemble.enabled=false for a checkpoint")
+                         "shipped models; set baselines.ensemble.enabled=false for model=custom")
     from ..models.pretrained import available_seeds
 
     shipped = set(available_seeds(cfg["model"]["name"]))

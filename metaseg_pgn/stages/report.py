@@ -411,6 +411,9 @@ class _Builder:
         sections = [("Run", self.header), ("Meta classification and meta regression", self.meta),
                     ("Example frames", self.examples), ("Pixel-level evaluation", self.pixel),
                     ("OoD segmentation", self.ood)]
+        if self.icfg["model"].get("init") == "random":
+            self.doc.p("**Untrained network: the model was randomly initialised (`model.init=random`); "
+                       "every number below describes an untrained network.**")
         self.doc.p("Pixel-wise gradient norms (PGN, Maag & Riedlinger) as uncertainty maps for semantic "
                    "segmentation: segment-level meta classification and regression (MetaSeg), pixel-level "
                    "calibration and OoD segmentation. Contents: "
@@ -912,8 +915,8 @@ def _model_text(model: dict) -> str:
     skip = {"name", "mean", "std"}
     extras = [f"{k} {v}" for k, v in sorted(model.items()) if k not in skip and v is not None]
     text = f"`{model.get('name')}`"
-    if model.get("name") == "checkpoint" and not model.get("checkpoint"):
-        extras.append("no checkpoint: randomly initialised")
+    if model.get("init") == "random":
+        extras.append("randomly initialised")
     return text + (f" ({', '.join(extras)})" if extras else "")
 
 

@@ -1,19 +1,18 @@
 """Train the compact DeepLabV3+ on the synthetic street scenes (CPU, minutes).
 
-Usage::
+Usage (the ``train`` section of the run's configuration, :class:`metaseg_pgn.config.TrainConfig`)::
 
-    python -m metaseg_pgn.stages.train seed=0 ship=true          # the shipped weights
-    python -m metaseg_pgn.stages.train seed=3 iterations=200 out=data/train/try
+    python -m metaseg_pgn.run stage=train train.seed=0 train.ship=true     # the shipped weights
+    python -m metaseg_pgn.run stage=train train.seed=3 train.iterations=200 train.out=data/train/try
 
-``key=value`` arguments override :data:`TRAIN_DEFAULTS` (values parsed as YAML). The training
-frames are generated once into memory (or read from ``cache``), then random crops with scale
+The training frames are generated once into memory (or read from ``cache``), then random crops with scale
 jitter and horizontal flips are drawn for every step. The loss is cross entropy ignoring 255;
 AdamW with linear warm-up and a poly schedule. Rare classes (poles, signs, lights) get larger
 weights (``class_weights="sqrt_median"``) so that they are learnt within the few minutes a CPU
 allows. The weights shift the learnt logits by ``log w_c``; with ``logit_adjust=true`` (default)
 that shift is removed after training by subtracting ``log w_c`` from the classifier's bias (logit
-adjustment, Menon et al. 2021), so the shipped softmax is not biased towards the rare classes. A JSON-lines log (``log.jsonl``) records the loss,
-learning rate and the val mIoU; ``record.json`` records everything needed to reproduce the run.
+adjustment, Menon et al. 2021), so the shipped softmax is not biased towards the rare classes.
+A JSON-lines log (``log.jsonl``) records the loss, learning rate and the val mIoU; ``record.json`` records everything needed to reproduce the run.
 With ``ship=true`` the float16 state_dict and the record go to ``metaseg_pgn/models/weights/``
 as ``{name}_seed{seed}.pt`` / ``.json``; the recorded val mIoU is measured with those very
 (float16-rounded) weights.
@@ -43,35 +42,22 @@ from ..io import atomic_write, write_json
 from ..models.deeplab import build_model
 from ..models.loader import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["TRAIN_DEFAULTS", "train", "run", "confusion_matrix", "iou_per_class", "miou", "evaluate", "main"]
+__all__ = ["TRAIN_DEFAULTS", "train", "run", "confusion_matrix", "iou_per_class", "miou", "evaluate"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "name": "synthetic_compact",  # the shipped model's name (file prefix)
-    "model": "compact",  # factory in metaseg_pgn.models.deeplab
-    "model_kwargs": {},
-    "seed": 0,  # initialisation, batch order, augmentation (the ensemble member)
-    "data_seed": 0,  # the synthetic world (the same for every ensemble member)
-    "size": [256, 512],
-    "n_train": 600,
-    "n_val": 80,
-    "iterations": 3000,
-    "batch_size": 8,
-    "crop": [160, 320],
-    "scale": [0.8, 1.25],
-    "class_weights": "sqrt_median",  # None | "sqrt_median": (median freq / freq) ** 0.5, clipped
-    "max_class_weight": 2.5,
-    "logit_adjust": True,  # subtract log(class weight) from the classifier bias after training
-    "lr": 4e-3,
-    "weight_decay": 1e-4,
-    "warmup": 30,
-    "poly_power": 0.9,
-    "eval_every": 500,  # intermediate val mIoU on `n_val_during` frames (0: only at the end)
-    "n_val_during": 20,
-    "log_every": 10,
-    "threads": None,  # torch threads; None: all cores
-    "out": None,  # None: data/train/{name}_seed{seed}
+def _train_defaults() -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from ..config import TrainConfig
+
+    defaults = asdict(TrainConfig())
+    defaults.update(seed=0, progress=True)  # in a pipeline run: the run's seed and progress
+    return defaults
+
+
+# Every training setting with its default: the fields of metaseg_pgn.config.TrainConfig.
+TRAIN_DEFAULTS: dict[str, Any] = _train_defaults()
     "cache": None,  # folder for the generated training frames (.npz), shared by ensemble members
     "ship": False,  # also write the weights and record into metaseg_pgn/models/weights/
     "half": True,  # store the state_dict as float16 (the shipped format)
@@ -431,39 +417,7 @@ def run(ctx) -> dict:
     section = dict(cfg.get("train") or {})
     section.setdefault("seed", cfg.get("seed", 0))
     section.setdefault("progress", cfg.get("progress", True))
-    section.setdefault("out", str(Path(cfg["run_dir"]) / "train"))
+    if section.get("out") is None:
+        section["out"] = str(Path(cfg["run_dir"]) / "train")
     return train(section)
 
-
-def _parse_args(argv: Sequence[str]) -> dict:
-    import yaml
-
-    config = {}
-    for arg in argv:
-        if "=" not in arg:
-            raise SystemExit(f"argument {arg!r} is not key=value; known keys: {sorted(TRAIN_DEFAULTS)}")
-        key, value = arg.split("=", 1)
-        if key not in TRAIN_DEFAULTS:
-            raise SystemExit(f"unknown key {key!r}; known keys: {sorted(TRAIN_DEFAULTS)}")
-        config[key] = yaml.safe_load(value) if value != "" else ""
-    return config
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m metaseg_pgn.stages.train key=value ...``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("settings (key=default):")
-        for k, v in TRAIN_DEFAULTS.items():
-            print(f"  {k}={v}")
-        return 0
-    record = train(_parse_args(argv))
-    summary = {k: record[k] for k in ("name", "seed", "val_miou", "out")}
-    summary["timing"] = record["timing"]
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -12,6 +13,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from metaseg_pgn.metrics.ood import (
+    MODES,
+    VERSIONS,
     ComponentOoDMetrics,
     FrameComponents,
     PixelOoDMetrics,
@@ -97,50 +100,16 @@ def _tie_envelope(entries, n_pos, n_neg):
 
 PIX_KEYS = {"AuPRC": "AuPRC", "FPR95": "FPR95", "AUROC": "AUROC", "best_f1": "best_F1",
             "best_f1_threshold": "best_F1_threshold", "tpr95_threshold": "tpr95_threshold"}
-SEG_KEYS = {"thresh_p": "threshold", "sIoU_gt": "sIoU_gt_smiyc", "PPV_prec_pred": "PPV_smiyc",
-            "sIoU_pred": "sIoU_pred_smiyc", "f1_mean": "F1_mean_smiyc", "f1_25": "F1_25_smiyc",
-            "f1_50": "F1_50_smiyc", "f1_75": "F1_75_smiyc", "tp_mean": "TP_mean_smiyc",
-            "fp_mean": "FP_mean_smiyc", "fn_mean": "FN_mean_smiyc"}
+SEG_KEYS = {"thresh_p": "threshold", "sIoU_gt": "sIoU_gt", "PPV_prec_pred": "PPV",
+            "sIoU_pred": "sIoU_pred", "f1_mean": "F1_mean", "f1_25": "F1_25",
+            "f1_50": "F1_50", "f1_75": "F1_75", "tp_mean": "TP_mean",
+            "fp_mean": "FP_mean", "fn_mean": "FN_mean"}
 
 
-@pytest.mark.parametrize("track", ["obstacle", "anomaly"])
-def test_reproduces_benchmark_reference(track):
-    ref = json.loads((REF / f"ex1_ex2_{track}.json").read_text())
-    frames = _ref_frames()
-    out = evaluate_ood(frames, track=track, mode="smiyc")
-
-    # uniform bins (PixBinaryClass-uniThr): no ties between frames, all values exact
-    for rk, k in PIX_KEYS.items():
-        assert out["pixel_uniform"][f"{k}_smiyc_uniform"] == ref["PixBinaryClass-uniThr"][rk], rk
-
-    # percentile bins (PixBinaryClass): exact except the areas, which depend on the order of
-    # equal thresholds of different frames (numpy's unstable argsort in the benchmark)
-    pix, rp = out["pixel"], ref["PixBinaryClass"]
-    for rk in ("FPR95", "best_f1", "best_f1_threshold", "tpr95_threshold"):
-        assert pix[f"{PIX_KEYS[rk]}_smiyc"] == rp[rk], rk
-    entries, n_pos, n_neg = [], 0, 0
-    for _, score, label in frames:
-        rows, p, n = _frame_bins_plain(score, label)
-        entries += rows
-        n_pos, n_neg = n_pos + p, n_neg + n
-    assert (pix["n_pos"], pix["n_neg"]) == (n_pos, n_neg)
-    lo, hi = _tie_envelope(entries, n_pos, n_neg)
-    stable = PixelOoDMetrics("smiyc", tie_order="stable")
-    for fid, score, label in frames:
-        stable.update(score, label, fid)
-    stable = stable.compute()
-    for i, name in enumerate(("AuPRC", "AUROC")):
-        ours = pix[f"{name}_smiyc"]
-        assert lo[i] - 1e-12 <= rp[name] <= hi[i] + 1e-12, name
-        assert lo[i] - 1e-12 <= ours <= hi[i] + 1e-12, name
-        assert lo[i] - 1e-12 <= stable[f"{name}_smiyc"] <= hi[i] + 1e-12, name
-        assert abs(ours - rp[name]) < 5e-5, name
-
-    # components: everything exact, per frame too
-    seg = ref["SegEval-ObstacleTrack" if track == "obstacle" else "SegEval-AnomalyTrack"]
-    comp = out["component"]
+def _assert_components_equal_reference(comp, seg, suffix):
     for rk, k in SEG_KEYS.items():
-        assert comp[k] == seg[rk], rk
+        key = k if k == "threshold" else f"{k}_{suffix}"
+        assert comp[key] == seg[rk], rk
     assert len(comp["per_frame"]) == len(seg["per_frame"])
     for got, want in zip(comp["per_frame"], seg["per_frame"]):
         assert got["frame_id"] == want["fid"]
@@ -148,6 +117,48 @@ def test_reproduces_benchmark_reference(track):
         assert got["PPV"] == want["prec_pred"]
         assert got["size_gt"] == want["size_gt"]
         assert got["size_pred"] == want["size_pred"]
+
+
+@pytest.mark.parametrize("track", ["obstacle", "anomaly"])
+def test_reproduces_benchmark_reference(track):
+    """The shared reference JSONs are the benchmark's output before 2023-08-24 (b580f16): mode
+    ``smiyc2021`` reproduces them (areas up to the order of tied thresholds)."""
+    ref = json.loads((REF / f"ex1_ex2_{track}.json").read_text())
+    frames = _ref_frames()
+    out = evaluate_ood(frames, track=track, mode="smiyc2021")
+    assert out["pixel"]["version"].startswith("SegmentMeIfYouCan road-anomaly-benchmark b580f16")
+
+    # uniform bins (PixBinaryClass-uniThr): no ties between frames, all values exact
+    for rk, k in PIX_KEYS.items():
+        got = out["pixel_uniform"][f"{k}_smiyc2021_uniform"]
+        assert got == ref["PixBinaryClass-uniThr"][rk], rk
+
+    # percentile bins (PixBinaryClass): exact except the areas, which depend on the order of
+    # equal thresholds of different frames (numpy's unstable argsort in the benchmark)
+    pix, rp = out["pixel"], ref["PixBinaryClass"]
+    for rk in ("FPR95", "best_f1", "best_f1_threshold", "tpr95_threshold"):
+        assert pix[f"{PIX_KEYS[rk]}_smiyc2021"] == rp[rk], rk
+    entries, n_pos, n_neg = [], 0, 0
+    for _, score, label in frames:
+        rows, p, n = _frame_bins_plain(score, label)
+        entries += rows
+        n_pos, n_neg = n_pos + p, n_neg + n
+    assert (pix["n_pos"], pix["n_neg"]) == (n_pos, n_neg)
+    lo, hi = _tie_envelope(entries, n_pos, n_neg)
+    stable = PixelOoDMetrics("smiyc2021", tie_order="stable")
+    for fid, score, label in frames:
+        stable.update(score, label, fid)
+    stable = stable.compute()
+    for i, name in enumerate(("AuPRC", "AUROC")):
+        ours = pix[f"{name}_smiyc2021"]
+        assert lo[i] - 1e-12 <= rp[name] <= hi[i] + 1e-12, name
+        assert lo[i] - 1e-12 <= ours <= hi[i] + 1e-12, name
+        assert lo[i] - 1e-12 <= stable[f"{name}_smiyc2021"] <= hi[i] + 1e-12, name
+        assert abs(ours - rp[name]) < 5e-5, name
+
+    # components: everything exact, per frame too
+    seg = ref["SegEval-ObstacleTrack" if track == "obstacle" else "SegEval-AnomalyTrack"]
+    _assert_components_equal_reference(out["component"], seg, "smiyc2021")
 
 
 def test_component_threshold_is_compared_in_float16():
@@ -161,6 +172,190 @@ def test_component_threshold_is_compared_in_float16():
     assert between.any()
     wide = frame_components(s16.astype(np.float64), label, thr, track="obstacle", float16=False)
     assert wide.size_pred.tolist() != ref["per_frame"][0]["size_pred"]
+
+
+# ---------------------------------------------------------------------------- the two versions
+# "smiyc" = the benchmark's pixel metrics now (HEAD 1c7804e), "smiyc2021" = before 2023-08-24
+# (b580f16). The expected values below are derived by hand (in the comments) or by
+# _smiyc_now_independent, a direct transcription of DESIGN.md §6a items 1-4 that bins each pixel
+# with searchsorted and counts every curve point from scratch (no histogram, no cumsum, no
+# shared code with metaseg_pgn.metrics.ood).
+
+
+def _smiyc_now_independent(frames, binning="percentiles"):
+    lower_pos, lower_neg, thresholds, n_pos, n_neg = [], [], set(), 0, 0
+    for _, score, label in frames:
+        s = np.asarray(score).astype(np.float16).astype(np.float64)
+        roi = label != 255
+        pos, neg = s[roi & (label == 1)], s[roi & (label == 0)]
+        n_pos, n_neg = n_pos + pos.size, n_neg + neg.size
+        if binning == "percentiles":
+            if not roi.any():
+                continue
+            vmin, vmax = s[roi].min(), s[roi].max()
+            eps = max(0.01 * (vmax - vmin), 0.01)  # DESIGN §6a item 1
+            edges = {vmin - eps, vmax + eps}
+            for v in (pos, neg):
+                if v.size:
+                    edges |= set(np.quantile(v, np.linspace(0, 1, min(384, v.size))).tolist())
+            edges = np.array(sorted(edges))
+        else:
+            edges = np.linspace(-0.01, 1.01, 4097)
+        thresholds |= set(edges[:-1].tolist())
+        for v, out in ((pos, lower_pos), (neg, lower_neg)):
+            v = v[(v >= edges[0]) & (v <= edges[-1])]
+            idx = np.minimum(np.searchsorted(edges, v, side="right") - 1, edges.size - 2)
+            out.extend(edges[idx].tolist())
+    lp, ln = np.array(lower_pos), np.array(lower_neg)
+    thr = sorted(thresholds, reverse=True)
+    # item 2: one point per distinct threshold, counting every pixel whose bin starts at or above
+    pts = [(int(np.sum(lp >= t)), int(np.sum(ln >= t))) for t in thr]
+    if pts[0] != (0, 0):  # item 3
+        pts, thr = [(0, 0)] + pts, [max(thr) + 1] + thr
+    if pts[-1] != (n_pos, n_neg):
+        pts, thr = pts + [(n_pos, n_neg)], thr + [max(thr) - 1]
+    tpr = [tp / n_pos for tp, _ in pts]
+    fpr = [fp / n_neg for _, fp in pts]
+    prec = [tp / (tp + fp) if tp + fp else 1.0 for tp, fp in pts]
+    f1 = [2 * tp / (tp + fp + n_pos) for tp, fp in pts]
+    i95 = next(k for k, r in enumerate(tpr) if r >= 0.95)
+    best = f1.index(max(f1))
+    return {
+        "AuPRC": sum((tpr[k] - tpr[k - 1]) * prec[k] for k in range(1, len(pts))),  # item 4
+        "AUROC": sum((fpr[k] - fpr[k - 1]) * (tpr[k] + tpr[k - 1]) / 2 for k in range(1, len(pts))),
+        "FPR95": fpr[i95], "tpr95_threshold": thr[i95],
+        "best_F1": f1[best], "best_F1_threshold": thr[best],
+    }
+
+
+def _pixel(mode, frames, **kw):
+    m = PixelOoDMetrics(mode, **kw)
+    for fid, s, l in frames:
+        m.update(s, l, fid)
+    return m.compute()
+
+
+def _assert_matches_independent(out, want, suffix):
+    for k, v in want.items():
+        assert out[f"{k}_{suffix}"] == pytest.approx(v, rel=0, abs=1e-12), k
+
+
+@pytest.mark.parametrize("track", ["obstacle", "anomaly"])
+def test_current_version_on_reference_frames(track):
+    """``smiyc`` on the reference frames: pixel metrics equal the independent transcription of
+    §6a; the components, computed identically in both versions, equal the benchmark's JSON
+    because the best-F1 threshold happens to be the same in both versions on these frames."""
+    frames = _ref_frames()
+    out = evaluate_ood(frames, track=track, mode="smiyc")
+    assert out["pixel"]["version"] == VERSIONS["smiyc"]
+    assert "1c7804e" in VERSIONS["smiyc"] and "b580f16" in VERSIONS["smiyc2021"]
+    _assert_matches_independent(out["pixel"], _smiyc_now_independent(frames), "smiyc")
+    _assert_matches_independent(out["pixel_uniform"], _smiyc_now_independent(frames, "uniform"),
+                                "smiyc_uniform")
+    ref = json.loads((REF / f"ex1_ex2_{track}.json").read_text())
+    assert out["pixel"]["best_F1_threshold_smiyc"] == ref["PixBinaryClass"]["best_f1_threshold"]
+    seg = ref["SegEval-ObstacleTrack" if track == "obstacle" else "SegEval-AnomalyTrack"]
+    _assert_components_equal_reference(out["component"], seg, "smiyc")
+
+
+def test_perfect_binary_score_separates_the_versions():
+    """Score 1 on every anomaly pixel, 0 elsewhere.
+
+    Now: edges {-0.01, 0, 1, 1.01}, points (0, 0) [prepended], (P, 0) at t = 1, (P, N) at t = 0:
+    AuPRC = 1 · 1 = 1, FPR95 = 0 (TPR 1 already at t = 1), AUROC = 1, best F1 = 1 at t = 1.
+    2021, one frame: edges {0, 1}, a single bin [0, 1] holding everything: one point (P, N),
+    trapezoid over one point = 0, FPR95 = 1.0. Two frames: two tied points at t = 0, each
+    frame's (P_f, N_f) with the same precision p = P/(P+N): AuPRC = (1 - 1/2) · p.
+    """
+    label = np.zeros((8, 10), np.uint8)
+    label[2:5, 3:7] = 1          # P = 12 per frame
+    label[0, :] = 255            # N = 8·10 - 10 - 12 = 58 per frame
+    score = (label == 1).astype(np.float64)
+    one = [("a", score, label)]
+    two = one + [("b", score, label)]
+    for frames in (one, two):
+        now = _pixel("smiyc", frames)
+        assert (now["AuPRC_smiyc"], now["FPR95_smiyc"], now["AUROC_smiyc"]) == (1.0, 0.0, 1.0)
+        assert (now["best_F1_smiyc"], now["best_F1_threshold_smiyc"]) == (1.0, 1.0)
+        uni = _pixel("smiyc", frames, binning="uniform")
+        assert (uni["AuPRC_smiyc_uniform"], uni["FPR95_smiyc_uniform"]) == (1.0, 0.0)
+    old = _pixel("smiyc2021", one)
+    assert (old["AuPRC_smiyc2021"], old["FPR95_smiyc2021"]) == (0.0, 1.0)
+    old2 = _pixel("smiyc2021", two)
+    assert old2["AuPRC_smiyc2021"] == pytest.approx(0.5 * 12 / 70, abs=1e-15)
+    assert old2["FPR95_smiyc2021"] == 1.0
+
+
+def test_ties_across_frames_hand_computed():
+    """Saturated scores in {0, 1}, two frames (row 0: positives, row 1: negatives).
+
+    Frame a: positives 1, 1; negatives 1, 0.   Frame b: positive 1; negatives 1, 1, 0.
+    P = 3, N = 5. Both frames have edges {-0.01, 0, 1, 1.01}: bins at t = 1 hold a: (2, 1),
+    b: (1, 2); at t = 0: a: (0, 1), b: (0, 1); at t = -0.01 nothing.
+
+    Now: collapsed points (0, 0), (3, 3) at t = 1, (3, 5) at t = 0 (and t = -0.01):
+    AuPRC = 1 · 3/6 = 0.5; FPR95 = 3/5; AUROC = 0.6 · 1/2 + 0.4 · 1 = 0.7; best F1 = 6/9 at t = 1;
+    the same for either frame order.
+    2021: edges {0, 1}, one bin [0, 1] per frame at t = 0, the tie decides the curve:
+    a first: (2, 2), (3, 5): AuPRC = (1 - 2/3) · (1/2 + 3/8)/2 = 7/48;
+    b first: (1, 3), (3, 5): AuPRC = (1 - 1/3) · (1/4 + 3/8)/2 = 10/48.
+    """
+    a = ("a", np.array([[1.0, 1.0], [1.0, 0.0]]), np.array([[1, 1], [0, 0]], np.uint8))
+    b = ("b", np.array([[1.0, 0.5, 0.5], [1.0, 1.0, 0.0]]),
+         np.array([[1, 255, 255], [0, 0, 0]], np.uint8))
+    for frames in ([a, b], [b, a]):
+        now = _pixel("smiyc", frames)
+        assert now["AuPRC_smiyc"] == 0.5
+        assert now["FPR95_smiyc"] == 0.6
+        assert now["AUROC_smiyc"] == pytest.approx(0.7, abs=1e-15)
+        assert now["best_F1_smiyc"] == pytest.approx(2 / 3, abs=1e-15)
+        assert now["best_F1_threshold_smiyc"] == 1.0
+        _assert_matches_independent(now, _smiyc_now_independent(frames), "smiyc")
+    first_a = _pixel("smiyc2021", [a, b], tie_order="stable")
+    first_b = _pixel("smiyc2021", [b, a], tie_order="stable")
+    assert first_a["AuPRC_smiyc2021"] == pytest.approx(7 / 48, abs=1e-15)
+    assert first_b["AuPRC_smiyc2021"] == pytest.approx(10 / 48, abs=1e-15)
+    assert first_a["FPR95_smiyc2021"] == first_b["FPR95_smiyc2021"] == 1.0
+
+
+def _saturated_split(seed, n=6, shape=(12, 16)):
+    """Frames whose scores pile up at float16 1.0 (and at 0) in both classes, the kind of map
+    where the versions and the tie orders differ most."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        label = (rng.random(shape) < 0.25).astype(np.uint8)
+        label[rng.random(shape) < 0.1] = 255
+        raw = rng.normal(0.8 * (label == 1) + 0.3, 0.4)
+        score = np.clip(raw, 0.0, 0.99997)  # > 0.99976 rounds to 1.0 in float16
+        score[rng.random(shape) < 0.2] = 0.5  # a level shared by all frames
+        frames.append((f"f{i}", score, label))
+    return frames
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_saturated_scores_current_version_against_independent(seed):
+    frames = _saturated_split(seed)
+    s16 = np.concatenate([s.astype(np.float16)[l != 255] for _, s, l in frames])
+    assert np.mean(s16 == 1.0) > 0.05 and np.mean(s16 == 0.0) > 0.05  # saturated indeed
+    for binning, suffix in (("percentiles", "smiyc"), ("uniform", "smiyc_uniform")):
+        got = _pixel("smiyc", frames, binning=binning)
+        _assert_matches_independent(got, _smiyc_now_independent(frames, binning), suffix)
+    # the 2021 version is order dependent on the same frames, the current one is not
+    olds = {_pixel("smiyc2021", frames[::k], tie_order="stable")["AuPRC_smiyc2021"] for k in (1, -1)}
+    assert len(olds) == 2
+
+
+@pytest.mark.parametrize("mode", ["smiyc", "exact"])
+def test_current_version_is_invariant_to_frame_order(mode):
+    frames = _saturated_split(7, n=8) + _random_split(8, n=3, shape=(12, 16))
+    base = evaluate_ood(frames, track="obstacle", mode=mode)
+    perm = np.random.default_rng(0).permutation(len(frames))
+    shuffled = evaluate_ood([frames[i] for i in perm], track="obstacle", mode=mode)
+    for key in ("pixel", "pixel_uniform"):
+        assert shuffled.get(key) == base.get(key)
+    comp = {k: v for k, v in base["component"].items() if k != "per_frame"}
+    assert {k: v for k, v in shuffled["component"].items() if k != "per_frame"} == pytest.approx(comp)
 
 
 # ---------------------------------------------------------------------------- components
@@ -312,31 +507,38 @@ def test_modes_differ_only_by_binning_float16_and_area_formula():
     label = (rng.random((30, 40)) < 0.3).astype(np.uint8)
     label[:3] = 255
     score = np.round(0.02 + 0.9 * rng.random((30, 40)) * (0.6 + 0.4 * label), 3)  # in (0, 1)
-    smiyc = PixelOoDMetrics("smiyc", binning="unique", float16=False)
+    old = PixelOoDMetrics("smiyc2021", binning="unique", float16=False)
+    now = PixelOoDMetrics("smiyc", binning="unique", float16=False)
     exact = PixelOoDMetrics("exact")
-    smiyc.update(score, label, "f")
-    exact.update(score, label, "f")
-    cs, ce = smiyc.curve(), exact.curve()
-    # the smiyc curve has one extra point for the empty bin [0, min score): same counts
+    for m in (old, now, exact):
+        m.update(score, label, "f")
+    cs, ce = old.curve(), exact.curve()
+    # the 2021 curve has one extra point for the empty bin [0, min score): same counts
     keep = np.r_[True, (np.diff(cs.tp) != 0) | (np.diff(cs.fp) != 0)]
     np.testing.assert_array_equal(cs.thresholds[keep], ce.thresholds)
     np.testing.assert_array_equal(cs.tp[keep], ce.tp)
     np.testing.assert_array_equal(cs.fp[keep], ce.fp)
-    # on the same points, the remaining difference is trapezoid (smiyc) vs step sum (AP)
+    # on the same points, the remaining difference is trapezoid (2021) vs step sum (AP)
     rec, prec = ce.tp / ce.n_pos, ce.tp / (ce.tp + ce.fp)
     trap = sum((rec[i] - rec[i - 1]) * (prec[i] + prec[i - 1]) / 2 for i in range(1, rec.size))
     step = rec[0] * prec[0] + sum((rec[i] - rec[i - 1]) * prec[i] for i in range(1, rec.size))
-    out_s, out_e = smiyc.compute(), exact.compute()
-    assert out_s["AuPRC_smiyc_unique"] == pytest.approx(trap, abs=1e-12)
+    out_s, out_e, out_n = old.compute(), exact.compute(), now.compute()
+    assert out_s["AuPRC_smiyc2021_unique"] == pytest.approx(trap, abs=1e-12)
     assert out_e["AP_exact"] == pytest.approx(step, abs=1e-12)
-    assert out_s["FPR95_smiyc_unique"] == out_e["FPR95_exact"]
-    assert out_s["best_F1_smiyc_unique"] == out_e["best_F1_exact"]
+    assert out_s["FPR95_smiyc2021_unique"] == out_e["FPR95_exact"]
+    assert out_s["best_F1_smiyc2021_unique"] == out_e["best_F1_exact"]
+    # the current version's step sum with its (0, 0) end point is average precision: without
+    # binning it equals scikit-learn's AP and ROC AUC
+    y, v = (label[label != 255] == 1).astype(int), score[label != 255]
+    assert out_n["AuPRC_smiyc_unique"] == pytest.approx(average_precision_score(y, v), abs=1e-12)
+    assert out_n["AUROC_smiyc_unique"] == pytest.approx(roc_auc_score(y, v), abs=1e-12)
+    assert out_n["FPR95_smiyc_unique"] == out_e["FPR95_exact"]
     # float16: smiyc with rounding equals exact on the rounded map
-    s16 = PixelOoDMetrics("smiyc", binning="unique", float16=True)
+    s16 = PixelOoDMetrics("smiyc2021", binning="unique", float16=True)
     e16 = PixelOoDMetrics("exact")
     s16.update(score, label, "f")
     e16.update(score.astype(np.float16), label, "f")
-    assert s16.compute()["FPR95_smiyc_unique"] == e16.compute()["FPR95_exact"]
+    assert s16.compute()["FPR95_smiyc2021_unique"] == e16.compute()["FPR95_exact"]
     c16 = s16.curve()
     keep = np.r_[True, (np.diff(c16.tp) != 0) | (np.diff(c16.fp) != 0)]
     np.testing.assert_array_equal(c16.tp[keep], e16.curve().tp)
@@ -357,7 +559,7 @@ def test_bad_inputs_name_the_frame():
     s, l = np.zeros((4, 5)), np.zeros((4, 5), np.uint8)
     bad_label = l.copy()
     bad_label[0, 0] = 2
-    for mode in ("smiyc", "exact"):
+    for mode in MODES:
         m = PixelOoDMetrics(mode)
         with pytest.raises(ValueError, match=r"'fr-7'.*\[2\]"):
             m.update(s, bad_label, "fr-7")
@@ -378,7 +580,7 @@ def test_bad_inputs_name_the_frame():
 
 
 def test_split_without_positives_or_negatives_is_an_error():
-    for mode in ("smiyc", "exact"):
+    for mode in MODES:
         m = PixelOoDMetrics(mode)
         m.update(np.random.default_rng(0).random((4, 5)), np.zeros((4, 5), np.uint8), "a")
         with pytest.raises(ValueError, match="no anomaly"):

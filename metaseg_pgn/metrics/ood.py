@@ -1,26 +1,49 @@
 """OoD segmentation metrics of SegmentMeIfYouCan (SMIYC), reproduced, and an unbinned variant.
 
-Two modes, named differently in every output so that numbers of one are never mistaken for the
-other:
+Three modes, named differently in every output so that numbers of one are never mistaken for
+another (DESIGN.md §6 and §6a); every result carries its ``version`` (:data:`VERSIONS`):
 
 ``"smiyc"``
-    The benchmark's own computation (DESIGN.md §6), numbers comparable with the leaderboard and
-    the paper. Scores are rounded to float16 first (the benchmark stores them so); the pixel
-    curve is built from per-frame histograms whose bin edges follow the score quantiles
-    (``binning="percentiles"``, the benchmark's ``PixBinaryClass``) or 4096 uniform bins over
-    [0, 1] (``binning="uniform"``, ``PixBinaryClass-uniThr``); AuPRC is the trapezoid of
-    precision over recall without a (0, 1) anchor. Output keys end in ``_smiyc`` (percentile bins)
-    or ``_smiyc_uniform`` (uniform bins): ``AuPRC_smiyc``, ``FPR95_smiyc``, ``AUROC_smiyc``,
-    ``best_F1_smiyc``, ``best_F1_threshold_smiyc``, ``tpr95_threshold_smiyc``.
+    The benchmark's pixel metrics as its code computes them now (road-anomaly-benchmark HEAD
+    ``1c7804e``, changed on 2023-08-24). Scores are rounded to float16 first (the benchmark
+    stores them so). Each frame is binned: percentile bins (the benchmark's ``PixBinaryClass``,
+    default) with edges = unique({vmin − eps, vmax + eps} ∪ 384 quantiles of the positive ∪ 384
+    of the negative scores), vmin/vmax the frame's score range, ``eps = max(0.01·(vmax − vmin),
+    0.01)``; or 4096 uniform bins over [−0.01, 1.01] (``PixBinaryClass-uniThr``). The bins of
+    all frames are pooled and equal thresholds collapsed into one curve point that counts all
+    their pixels; the curve gets its end points ((0, 0) before, (all, all) after, when missing);
+    precision is 1 where nothing is predicted; AuPRC = Σ Δrecall · precision (a step sum, like
+    scikit-learn's average precision). The result does not depend on the frame order nor on the
+    NumPy version. Output keys end in ``_smiyc`` / ``_smiyc_uniform``.
+``"smiyc2021"``
+    The benchmark's pixel metrics before 2023-08-24 (``b580f16``, unchanged since 2021; the
+    leaderboard and papers of that time, including the PGN paper's Tables 2 and 3): bin edges
+    include {0, 1} instead of the frame's range, uniform bins cover [0, 1], equal thresholds of
+    different frames stay separate curve points in the order ``numpy.argsort`` leaves them,
+    leading points without predictions are dropped, AuPRC is the trapezoid of precision over
+    recall without a (0, 1) anchor. **Its AuPRC and AUROC depend on the order of tied
+    thresholds** (NumPy version and CPU for the benchmark; ``tie_order`` here): up to 0.019 in
+    AuPRC and 0.052 in FPR95 on tied or saturated scores, ~1e-5 on smooth ones (DESIGN.md §6a).
+    Output keys end in ``_smiyc2021`` / ``_smiyc2021_uniform``.
 ``"exact"``
     No rounding, no bins: every distinct score is a threshold (tied scores are one threshold).
     ``AP_exact`` is average precision (equal to ``sklearn.metrics.average_precision_score``),
     ``FPR95_exact`` the FPR at the largest threshold whose TPR is >= 0.95, ``AUROC_exact`` the ROC
     area with the (0, 0) anchor (equal to ``sklearn.metrics.roc_auc_score``).
 
-Component metrics (sIoU, PPV, F1) are computed the same way in both modes, on the float16-rounded
-score in ``"smiyc"`` mode and on the score as given in ``"exact"`` mode; their keys carry the
-same suffix (``sIoU_gt_smiyc``, ``F1_mean_exact``, ...).
+Scalar keys per SMIYC mode: ``AuPRC``, ``FPR95``, ``AUROC``, ``best_F1``, ``best_F1_threshold``,
+``tpr95_threshold``, each with the mode's suffix. Component metrics (sIoU, PPV, F1) are the same
+in all modes (both benchmark versions compute them identically), on the float16-rounded score in
+the SMIYC modes and on the score as given in ``"exact"`` mode, at the best-F1 pixel threshold of
+the same mode; their keys carry the same suffix (``sIoU_gt_smiyc``, ``F1_mean_exact``, ...).
+
+Where ``"smiyc"`` departs from the benchmark's code: when several frames share the split's
+highest score (e.g. saturated scores at float16 1.0), the benchmark's HEAD keeps, besides the
+collapsed point, a partial point holding only the tied frame that ``argsort`` happens to put
+first; its AuPRC then depends on the tie order (the one place where HEAD still does). We keep
+only the collapsed point, the value HEAD gives whenever that top threshold is not tied.
+Scores outside the uniform range fall in no uniform bin (as in the benchmark); a frame
+without any non-void pixel adds nothing.
 
 Labels are ``(H, W)`` integer maps with 0 = in-distribution, 1 = anomaly, 255 = void; scores are
 ``(H, W)`` real maps, higher = more anomalous. Void pixels are ignored everywhere.
@@ -45,11 +68,21 @@ from typing import Callable, Iterable, Iterator, Literal, Sequence
 import numpy as np
 from scipy import ndimage
 
-Mode = Literal["smiyc", "exact"]
+Mode = Literal["smiyc", "smiyc2021", "exact"]
 Binning = Literal["percentiles", "uniform", "unique"]
 Track = Literal["obstacle", "anomaly"]
 
-MODES: tuple[str, ...] = ("smiyc", "exact")
+MODES: tuple[str, ...] = ("smiyc", "smiyc2021", "exact")
+#: The modes that reproduce the benchmark (float16 scores, binned curves).
+SMIYC_MODES: tuple[str, ...] = ("smiyc", "smiyc2021")
+
+#: What the numbers of each mode are. Every ``compute()`` result and every CSV row names it.
+VERSIONS: dict[str, str] = {
+    "smiyc": "SegmentMeIfYouCan road-anomaly-benchmark 1c7804e (pixel metrics since 2023-08-24)",
+    "smiyc2021": "SegmentMeIfYouCan road-anomaly-benchmark b580f16 (pixel metrics 2021 to "
+                 "2023-08-24; AuPRC/AUROC depend on the order of tied thresholds)",
+    "exact": "unbinned, metaseg-pgn (average precision, tie-aware FPR95; no benchmark version)",
+}
 
 #: Size filters per track: predicted components smaller than ``min_pred_size`` px are removed,
 #: ground-truth components smaller than ``min_gt_size`` px are made void.
@@ -66,6 +99,8 @@ SIOU_THRESHOLDS: np.ndarray = np.linspace(0.25, 0.75, 11, endpoint=True)
 SMIYC_PERCENTILE_BINS = 768
 #: Number of bins of the benchmark's uniform binning (``PixBinaryClass-uniThr``).
 SMIYC_UNIFORM_BINS = 4096
+#: Range of the uniform bins per version.
+SMIYC_UNIFORM_RANGE: dict[str, tuple[float, float]] = {"smiyc": (-0.01, 1.01), "smiyc2021": (0.0, 1.0)}
 
 _CONNECTIVITY_8 = np.ones((3, 3), dtype=bool)
 
@@ -165,7 +200,7 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
 
 @dataclass
 class FrameBins:
-    """Per-frame histogram of the smiyc pixel evaluation.
+    """Per-frame histogram of the SMIYC pixel evaluation.
 
     Attributes
     ----------
@@ -185,10 +220,21 @@ class FrameBins:
     n_neg: int
 
 
+def _outer_edges(version: str, vals: np.ndarray) -> np.ndarray:
+    """The two edges added to a frame's quantile edges: {0, 1} (2021) or its range ± eps (now)."""
+    if version == "smiyc2021":
+        return np.array([0.0, 1.0])
+    vmin, vmax = float(vals.min()), float(vals.max())
+    # In float64, as the benchmark's pinned NumPy 1.23 computes it (scalar arithmetic).
+    eps = max((vmax - vmin) * 1e-2, 1e-2)
+    return np.array([vmin - eps, vmax + eps])
+
+
 def smiyc_frame_bins(
     score,
     label,
     *,
+    version: str = "smiyc",
     binning: Binning = "percentiles",
     n_bins: int | None = None,
     float16: bool = True,
@@ -200,13 +246,16 @@ def smiyc_frame_bins(
     ----------
     score : array_like, shape (H, W), real
     label : array_like, shape (H, W), integer, 0 / 1 / 255
+    version : {"smiyc", "smiyc2021"}
+        The benchmark version (see the module docstring): outer edges {vmin − eps, vmax + eps}
+        and uniform range [−0.01, 1.01] (``"smiyc"``), or {0, 1} and [0, 1] (``"smiyc2021"``).
     binning : {"percentiles", "uniform", "unique"}
-        ``"percentiles"``: edges = unique({0, 1} ∪ ``n_bins // 2`` quantiles (evenly spaced
+        ``"percentiles"``: edges = unique(outer edges ∪ ``n_bins // 2`` quantiles (evenly spaced
         probabilities, linear interpolation) of the positive scores ∪ as many of the negative
         scores; at most as many quantiles as the class has pixels). ``"uniform"``: ``n_bins``
-        equal bins over [0, 1] (scores outside [0, 1] fall in no bin, as in the benchmark).
-        ``"unique"``: every distinct score is an edge (plus 0 and 1); not a benchmark setting,
-        it shows that the binning is the only difference to the exact curve.
+        equal bins over the version's range (scores outside fall in no bin, as in the
+        benchmark). ``"unique"``: every distinct score is an edge (plus the outer edges); not a
+        benchmark setting, it shows that the binning is the only difference to the exact curve.
     n_bins : int, optional
         768 for percentiles, 4096 for uniform (the benchmark's settings).
     float16 : bool
@@ -218,7 +267,10 @@ def smiyc_frame_bins(
     -------
     FrameBins
         Bins follow ``numpy.histogram``: half-open ``[lo, hi)`` except the last, ``[lo, hi]``.
+        ``"smiyc"`` with a frame that has no non-void pixel: no bins.
     """
+    if version not in SMIYC_MODES:
+        raise ValueError(f"version must be one of {SMIYC_MODES}, got {version!r}")
     score, label = check_ood_frame(score, label, frame_id)
     if float16:
         score = to_float16(score, frame_id)
@@ -228,18 +280,21 @@ def smiyc_frame_bins(
     # (float16 cannot hold them) and gives the same counts as the benchmark.
     vals = score[roi].astype(np.float64)
     pos, neg = vals[gt], vals[~gt]
+    if version == "smiyc" and binning != "uniform" and vals.size == 0:
+        empty = np.zeros(0, np.int64)
+        return FrameBins(np.zeros(0), empty, empty, 0, 0)
     if binning == "percentiles":
         half = (n_bins or SMIYC_PERCENTILE_BINS) // 2
-        parts = [np.array([0.0, 1.0])]
+        parts = [_outer_edges(version, vals)]
         for v in (pos, neg):
             if v.size:
                 parts.append(np.quantile(v, np.linspace(0, 1, min(half, v.size))))
         bins: np.ndarray | int = np.unique(np.concatenate(parts).astype(np.float64))
         rng = None
     elif binning == "uniform":
-        bins, rng = (n_bins or SMIYC_UNIFORM_BINS), (0, 1)
+        bins, rng = (n_bins or SMIYC_UNIFORM_BINS), SMIYC_UNIFORM_RANGE[version]
     elif binning == "unique":
-        bins, rng = np.unique(np.concatenate([[0.0, 1.0], vals.astype(np.float64)])), None
+        bins, rng = np.unique(np.concatenate([_outer_edges(version, vals), vals])), None
     else:
         raise ValueError(f"binning must be 'percentiles', 'uniform' or 'unique', got {binning!r}")
     tp_rel, _ = np.histogram(pos, bins=bins, range=rng)
@@ -283,7 +338,11 @@ class PixelCurve:
 
     @property
     def precision(self) -> np.ndarray:
-        return self.tp / (self.tp + self.fp)
+        """``tp / (tp + fp)``; 1 where nothing is predicted (the current benchmark's convention)."""
+        n_pred = self.tp + self.fp
+        out = np.ones_like(n_pred)
+        np.divide(self.tp, n_pred, out=out, where=n_pred > 0)
+        return out
 
     @property
     def f1(self) -> np.ndarray:
@@ -303,8 +362,47 @@ def _check_counts(n_pos: int, n_neg: int) -> None:
         )
 
 
+def _pool(frames: Sequence[FrameBins]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    if not frames:
+        raise ValueError("no frame was added")
+    n_pos = sum(f.n_pos for f in frames)
+    n_neg = sum(f.n_neg for f in frames)
+    _check_counts(n_pos, n_neg)
+    return (
+        np.concatenate([f.thresholds for f in frames]),
+        np.concatenate([f.tp_rel for f in frames]),
+        np.concatenate([f.fp_rel for f in frames]),
+        n_pos,
+        n_neg,
+    )
+
+
+def smiyc_curve(frames: Sequence[FrameBins]) -> PixelCurve:
+    """The current benchmark's pooled curve (HEAD ``1c7804e``), independent of the frame order.
+
+    All frames' bins are pooled; the pixels of all bins with the same threshold form one curve
+    point (the benchmark keeps the last index of each run of equal sorted thresholds, at which
+    all of them are counted). End points: if the first point predicts something, a point with
+    tp = fp = 0 is prepended (threshold = highest threshold + 1); if the last point does not
+    predict every pixel (scores outside the uniform range), a point with all pixels is appended
+    (threshold = highest threshold of the curve so far − 1, as the benchmark computes it).
+    Works for per-frame percentile bins and for uniform bins alike (the latter share their
+    thresholds, so pooling sums them).
+    """
+    thresholds, tp_rel, fp_rel, n_pos, n_neg = _pool(frames)
+    uniq, inv = np.unique(thresholds, return_inverse=True)
+    tp_u = np.bincount(inv, weights=tp_rel, minlength=uniq.size)
+    fp_u = np.bincount(inv, weights=fp_rel, minlength=uniq.size)
+    thr, tp, fp = uniq[::-1].astype(np.float64), np.cumsum(tp_u[::-1]), np.cumsum(fp_u[::-1])
+    if tp[0] + fp[0] > 0:
+        thr, tp, fp = np.r_[thr[0] + 1.0, thr], np.r_[0.0, tp], np.r_[0.0, fp]
+    if tp[-1] != n_pos or fp[-1] != n_neg:
+        thr, tp, fp = np.r_[thr, thr.max() - 1.0], np.r_[tp, float(n_pos)], np.r_[fp, float(n_neg)]
+    return PixelCurve(thr, tp, fp, n_pos, n_neg)
+
+
 def _drop_empty_prefix(curve: PixelCurve) -> PixelCurve:
-    # The benchmark drops the leading points with no prediction at all (precision undefined).
+    # The 2021 benchmark drops the leading points with no prediction at all.
     keep = (curve.tp + curve.fp) > 0.01
     if not keep.any():
         raise ValueError("no pixel is predicted positive at any threshold")
@@ -314,32 +412,25 @@ def _drop_empty_prefix(curve: PixelCurve) -> PixelCurve:
     )
 
 
-def smiyc_curve_from_frames(
+def smiyc2021_curve_from_frames(
     frames: Sequence[FrameBins], tie_order: Literal["numpy", "stable"] = "numpy"
 ) -> PixelCurve:
-    """Pool per-frame bins into one curve as the benchmark does for percentile bins.
+    """Pool per-frame bins into one curve as the 2021 benchmark (``b580f16``) does.
 
     All frames' bins are concatenated in frame order and ordered by threshold descending; the
     counts are accumulated along that order. Equal thresholds of different frames stay separate
-    curve points (as in the benchmark), so their order moves AuPRC and AUROC slightly:
+    curve points (as in that version), so **their order moves AuPRC and AUROC**:
 
     - ``tie_order="numpy"`` (default): ``numpy.argsort(thresholds)[::-1]``, the benchmark's
       own call. NumPy's default sort is not stable and its tie order depends on the NumPy
-      version and the CPU's SIMD sort (NumPy 1.26 with AVX-512 reproduces the shipped
-      reference bit for bit; NumPy 2.x moves AuPRC by ~1e-5 on that two-frame split; the
-      effect shrinks with the number of pixels per bin).
-    - ``tie_order="stable"``: ties in frame order (platform independent).
+      version and the CPU's SIMD sort (NumPy 1.26 reproduces the benchmark under its pinned
+      NumPy 1.23 bit for bit; NumPy 2.x moves AuPRC by up to 0.019 and FPR95 by up to 0.052 on
+      tied or saturated scores, ~1e-5 on smooth ones; DESIGN.md §6a).
+    - ``tie_order="stable"``: ties in frame order (platform independent, still order dependent).
 
     Leading points without any predicted pixel are dropped.
     """
-    if not frames:
-        raise ValueError("no frame was added")
-    thresholds = np.concatenate([f.thresholds for f in frames])
-    tp_rel = np.concatenate([f.tp_rel for f in frames])
-    fp_rel = np.concatenate([f.fp_rel for f in frames])
-    n_pos = sum(f.n_pos for f in frames)
-    n_neg = sum(f.n_neg for f in frames)
-    _check_counts(n_pos, n_neg)
+    thresholds, tp_rel, fp_rel, n_pos, n_neg = _pool(frames)
     if tie_order == "numpy":
         order = np.argsort(thresholds)[::-1]
     elif tie_order == "stable":
@@ -356,10 +447,10 @@ def smiyc_curve_from_frames(
     return _drop_empty_prefix(curve)
 
 
-def smiyc_curve_fixed_bins(
+def smiyc2021_curve_fixed_bins(
     thresholds: np.ndarray, tp_rel: np.ndarray, fp_rel: np.ndarray, n_pos: int, n_neg: int
 ) -> PixelCurve:
-    """The curve of uniform bins shared by all frames (counts already summed over frames).
+    """The 2021 curve of uniform bins shared by all frames (counts already summed over frames).
 
     ``thresholds`` descending; one point per bin, as the benchmark's summed confusion matrices.
     """
@@ -415,31 +506,57 @@ def _fpr95_index(tpr: np.ndarray) -> int:
     return int(np.searchsorted(tpr, 0.95, side="left"))
 
 
-def smiyc_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:
-    """The benchmark's scalar pixel metrics from its curve.
+def _threshold_metrics(curve: PixelCurve) -> dict[str, float]:
+    """FPR95, best F1 and their thresholds, the same in both benchmark versions.
 
-    Returns
-    -------
-    dict with ``AuPRC`` (trapezoid of precision over recall, no anchor), ``FPR95`` (FPR at the
-    first point with TPR >= 0.95, no interpolation; 1.0 if never reached), ``AUROC`` (trapezoid
-    of TPR over FPR, no anchor), ``best_F1`` and ``best_F1_threshold`` (first maximum),
-    ``tpr95_threshold`` (0.0 if TPR 0.95 is never reached). Keys without mode suffix.
+    ``FPR95`` = FPR at the first point with TPR >= 0.95, no interpolation (1.0 if never
+    reached); ``tpr95_threshold`` its threshold (0.0 if never reached); ``best_F1`` and
+    ``best_F1_threshold`` at the first maximum of F1.
     """
-    tpr, fpr, prec, f1 = curve.tpr, curve.fpr, curve.precision, curve.f1
+    tpr, fpr, f1 = curve.tpr, curve.fpr, curve.f1
     i95 = _fpr95_index(tpr)
     if i95 < tpr.size:
         fpr95, thr95 = float(fpr[i95]), float(curve.thresholds[i95])
     else:
         fpr95, thr95 = 1.0, 0.0
     ix = int(np.nanargmax(f1))
-    return {
-        "AuPRC": _trapezoid(prec, tpr),
-        "FPR95": fpr95,
+    return {"FPR95": fpr95, "best_F1": float(f1[ix]), "best_F1_threshold": float(curve.thresholds[ix]),
+            "tpr95_threshold": thr95}
+
+
+def smiyc_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:
+    """The current benchmark's scalar pixel metrics (HEAD ``1c7804e``) from :func:`smiyc_curve`.
+
+    Returns
+    -------
+    dict with ``AuPRC`` = Σ_k (R_k − R_{k−1}) · P_k over the curve's points (a step sum; P = 1
+    where nothing is predicted), ``AUROC`` (trapezoid of TPR over FPR over the points, end
+    points included), and the keys of :func:`_threshold_metrics`. Keys without mode suffix.
+    """
+    tpr, fpr = curve.tpr, curve.fpr
+    out = {
+        "AuPRC": float(np.sum(np.diff(tpr) * curve.precision[1:])),
         "AUROC": _trapezoid(tpr, fpr),
-        "best_F1": float(f1[ix]),
-        "best_F1_threshold": float(curve.thresholds[ix]),
-        "tpr95_threshold": thr95,
     }
+    thr = _threshold_metrics(curve)
+    return {"AuPRC": out["AuPRC"], "FPR95": thr["FPR95"], "AUROC": out["AUROC"],
+            **{k: thr[k] for k in ("best_F1", "best_F1_threshold", "tpr95_threshold")}}
+
+
+def smiyc2021_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:
+    """The 2021 benchmark's scalar pixel metrics (``b580f16``) from its curve.
+
+    Returns
+    -------
+    dict with ``AuPRC`` (trapezoid of precision over recall, no anchor), ``AUROC`` (trapezoid
+    of TPR over FPR, no anchor), and the keys of :func:`_threshold_metrics`. Keys without mode
+    suffix. AuPRC and AUROC depend on the order of tied thresholds (see
+    :func:`smiyc2021_curve_from_frames`).
+    """
+    thr = _threshold_metrics(curve)
+    return {"AuPRC": _trapezoid(curve.precision, curve.tpr), "FPR95": thr["FPR95"],
+            "AUROC": _trapezoid(curve.tpr, curve.fpr),
+            **{k: thr[k] for k in ("best_F1", "best_F1_threshold", "tpr95_threshold")}}
 
 
 def exact_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:
@@ -481,24 +598,24 @@ class PixelOoDMetrics:
 
     Parameters
     ----------
-    mode : {"smiyc", "exact"}
-        See the module docstring.
+    mode : {"smiyc", "smiyc2021", "exact"}
+        See the module docstring: the benchmark now, the benchmark before 2023-08-24, unbinned.
     binning : {"percentiles", "uniform", "unique"}
-        smiyc mode only: the benchmark's ``PixBinaryClass`` (default) or ``PixBinaryClass-uniThr``;
-        ``"unique"`` (every distinct score an edge, keys ``*_smiyc_unique``) is a diagnostic
-        that isolates the effect of the binning.
+        SMIYC modes only: the benchmark's ``PixBinaryClass`` (default) or
+        ``PixBinaryClass-uniThr``; ``"unique"`` (every distinct score an edge, keys
+        ``*_{mode}_unique``) is a diagnostic that isolates the effect of the binning.
     float16 : bool
-        smiyc mode only: round scores to float16 first (default, as the benchmark). Turning it
+        SMIYC modes only: round scores to float16 first (default, as the benchmark). Turning it
         off is for comparisons only.
     tie_order : {"numpy", "stable"}
-        smiyc percentile bins only: order of equal thresholds of different frames, see
-        :func:`smiyc_curve_from_frames`.
+        ``smiyc2021`` with percentile bins only: order of equal thresholds of different frames,
+        see :func:`smiyc2021_curve_from_frames` (the other modes do not depend on it).
 
-    Memory: smiyc keeps at most ``n_bins`` + 2 bins per frame (percentiles) or one fixed
-    histogram (uniform); exact keeps every frame's distinct non-void scores with their
+    Memory: the SMIYC modes keep at most ``n_bins`` + 2 bins per frame (percentiles) or one
+    fixed histogram (uniform); exact keeps every frame's distinct non-void scores with their
     positive/negative counts (value + 8 bytes per distinct value and frame: about 32 MiB for a
     2-Mpixel float64 frame without ties). For large splits in exact mode, pass float32 scores
-    (ties below float32 resolution merge) or use smiyc mode.
+    (ties below float32 resolution merge) or use a SMIYC mode.
 
     Examples
     --------
@@ -529,12 +646,11 @@ class PixelOoDMetrics:
 
     @property
     def suffix(self) -> str:
-        """Suffix of every output key: ``smiyc``, ``smiyc_uniform`` or ``exact``."""
+        """Suffix of every output key: ``smiyc``, ``smiyc_uniform``, ``smiyc2021``,
+        ``smiyc2021_uniform``, ``exact`` (``*_unique`` for the diagnostic binning)."""
         if self.mode == "exact":
             return "exact"
-        return {"percentiles": "smiyc", "uniform": "smiyc_uniform", "unique": "smiyc_unique"}[
-            self.binning
-        ]
+        return self.mode + {"percentiles": "", "uniform": "_uniform", "unique": "_unique"}[self.binning]
 
     def reset(self) -> None:
         """Forget all frames."""
@@ -563,7 +679,8 @@ class PixelOoDMetrics:
             self._frames.append((uniq, pos, tot - pos))
         else:
             fb = smiyc_frame_bins(
-                score, label, binning=self.binning, float16=self.float16, frame_id=fid
+                score, label, version=self.mode, binning=self.binning, float16=self.float16,
+                frame_id=fid,
             )
             if self.binning == "uniform":
                 if self._fixed is None:
@@ -592,10 +709,13 @@ class PixelOoDMetrics:
                 np.bincount(inv, weights=pos, minlength=uniq.size),
                 np.bincount(inv, weights=neg, minlength=uniq.size),
             )
+        frames = [self._fixed] if self.binning == "uniform" else self._frames
+        if self.mode == "smiyc":
+            return smiyc_curve(frames)
         if self.binning == "uniform":
             f = self._fixed
-            return smiyc_curve_fixed_bins(f.thresholds, f.tp_rel, f.fp_rel, f.n_pos, f.n_neg)
-        return smiyc_curve_from_frames(self._frames, self.tie_order)
+            return smiyc2021_curve_fixed_bins(f.thresholds, f.tp_rel, f.fp_rel, f.n_pos, f.n_neg)
+        return smiyc2021_curve_from_frames(frames, self.tie_order)
 
     def compute(self) -> dict:
         """Scalar metrics of the split.
@@ -603,16 +723,15 @@ class PixelOoDMetrics:
         Returns
         -------
         dict
-            ``mode``, ``binning`` (smiyc) , ``n_frames``, ``n_pos``, ``n_neg`` and the metrics
-            with the mode suffix (see the module docstring), all plain Python numbers.
+            ``mode``, ``version`` (:data:`VERSIONS`), ``binning`` and ``float16`` (SMIYC modes),
+            ``n_frames``, ``n_pos``, ``n_neg`` and the metrics with the mode suffix (see the
+            module docstring), all plain Python numbers.
         """
         curve = self.curve()
-        if self.mode == "exact":
-            metrics = exact_metrics_from_curve(curve)
-        else:
-            metrics = smiyc_metrics_from_curve(curve)
-        out: dict = {"mode": self.mode}
-        if self.mode == "smiyc":
+        metrics = {"exact": exact_metrics_from_curve, "smiyc": smiyc_metrics_from_curve,
+                   "smiyc2021": smiyc2021_metrics_from_curve}[self.mode](curve)
+        out: dict = {"mode": self.mode, "version": VERSIONS[self.mode]}
+        if self.mode in SMIYC_MODES:
             out["binning"] = self.binning
             out["float16"] = self.float16
         out.update(n_frames=len(self.frame_ids), n_pos=curve.n_pos, n_neg=curve.n_neg)
@@ -854,8 +973,9 @@ class ComponentOoDMetrics:
     threshold : float
         The pixel-level best-F1 threshold of the same method, split and mode
         (``PixelOoDMetrics(mode).compute()["best_F1_threshold_<suffix>"]``).
-    mode : {"smiyc", "exact"}
-        smiyc rounds scores to float16 first; otherwise identical.
+    mode : {"smiyc", "smiyc2021", "exact"}
+        The SMIYC modes round scores to float16 first (both benchmark versions compute the
+        components identically; only their threshold differs); otherwise identical.
 
     Keeps only the per-component numbers (a few floats per component).
     """
@@ -876,7 +996,7 @@ class ComponentOoDMetrics:
         fid = str(frame_id) if frame_id is not None else str(len(self.frames))
         fc = frame_components(
             score, label, self.threshold, track=self.track,
-            float16=self.mode == "smiyc", frame_id=fid,
+            float16=self.mode in SMIYC_MODES, frame_id=fid,
         )
         self.frames.append(fc)
         return fc
@@ -886,7 +1006,8 @@ class ComponentOoDMetrics:
         ``threshold`` and ``per_frame`` (list of :meth:`FrameComponents.as_dict`)."""
         if not self.frames:
             raise ValueError("no frame was added")
-        out: dict = {"mode": self.mode, "track": self.track, "threshold": self.threshold}
+        out: dict = {"mode": self.mode, "version": VERSIONS[self.mode], "track": self.track,
+                     "threshold": self.threshold}
         out.update(aggregate_components(self.frames, suffix=self.mode))
         out["per_frame"] = [f.as_dict() for f in self.frames]
         return out
@@ -918,17 +1039,17 @@ def evaluate_ood(source, *, track: Track, mode: Mode = "smiyc") -> dict:
     source : sequence of (frame_id, score, label), or a callable returning a fresh iterable
         Read twice: once for the pixel curve, once for the components at its best-F1 threshold.
     track : {"obstacle", "anomaly"}
-    mode : {"smiyc", "exact"}
+    mode : {"smiyc", "smiyc2021", "exact"}
 
     Returns
     -------
     dict
-        ``{"pixel": ..., "component": ...}`` and, in smiyc mode, ``"pixel_uniform"`` (the
+        ``{"pixel": ..., "component": ...}`` and, in the SMIYC modes, ``"pixel_uniform"`` (the
         benchmark's 4096-bin variant), each the ``compute()`` result of its object.
     """
     _check_mode(mode)
     pixel = PixelOoDMetrics(mode)
-    uniform = PixelOoDMetrics(mode, binning="uniform") if mode == "smiyc" else None
+    uniform = PixelOoDMetrics(mode, binning="uniform") if mode in SMIYC_MODES else None
     for fid, score, label in _frames(source):
         pixel.update(score, label, fid)
         if uniform is not None:

@@ -22,7 +22,17 @@ from metaseg_pgn.metrics.ood import (
     evaluate_ood,
     frame_components,
 )
-from metaseg_pgn.metrics.submission import list_frames, read_scores, submission_path, write_scores
+from metaseg_pgn.metrics.submission import (
+    BENCHMARK_DATASETS,
+    BENCHMARK_FOLDER_NAMES,
+    BENCHMARK_FOLDERS,
+    OUR_DATASETS,
+    list_frames,
+    read_scores,
+    submission_folder,
+    submission_path,
+    write_scores,
+)
 
 
 from conftest import REFERENCE_DATA
@@ -643,3 +653,80 @@ def test_evaluate_ood_needs_two_passes():
     a = evaluate_ood(lambda: iter(frames), track="obstacle")
     b = evaluate_ood(frames, track="obstacle")
     assert a == b
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _benchmark_layouts(root: Path) -> dict:
+    """Tiny copies of the four datasets in the benchmark's layouts, both tracks."""
+    from PIL import features
+
+    rgb, lab = np.zeros((4, 6, 3), np.uint8), np.zeros((4, 6), np.uint8)
+    ra, ro, laf, fishy = (root / n for n in ("dataset_AnomalyTrack", "dataset_ObstacleTrack",
+                                             "dataset_LostAndFound", "dataset_FishyLAF"))
+    for fid in ("validation0000", "cow0001"):
+        _png(ra / "images" / f"{fid}.jpg", rgb)
+        _png(ra / "labels_masks" / f"{fid}_labels_semantic.png", lab)
+    ext = "webp" if features.check("webp") else None
+    if ext:
+        for fid in ("validation_1", "gravel_boot_1", "driveway_bag_1"):
+            _png(ro / "images" / f"{fid}.webp", rgb)
+            _png(ro / "labels_masks" / f"{fid}_labels_semantic.png", lab)
+    laf_ids = {"test": ["04_Maurener_Weg_8_000000_000030", "02_Hanns_Klemm_Str_44_000001_000060"],
+               "train": ["01_Hanns_Klemm_Str_45_000000_000080"]}
+    for split, ids in laf_ids.items():
+        for fid in ids:
+            city = fid[:-14]
+            _png(laf / "leftImg8bit" / split / city / f"{fid}_leftImg8bit.png", rgb)
+            _png(laf / "gtCoarse" / split / city / f"{fid}_gtCoarse_labelIds.png", lab + 1)
+    for fid in (laf_ids["test"][0], laf_ids["train"][0]):
+        _png(fishy / "labels" / "val" / f"{fid}_fishy-labels.png", lab)
+    from metaseg_pgn.data.smiyc import FishyscapesLAF, LostAndFound, RoadAnomaly21, RoadObstacle21
+
+    sets = {
+        "anomaly": [RoadAnomaly21(ra), RoadAnomaly21(ra, split="validation"),
+                    RoadAnomaly21(ra, split="test"), FishyscapesLAF(fishy)],
+        "obstacle": [LostAndFound(laf, split="test", no_known=False),
+                     LostAndFound(laf, invalid_frames=()), LostAndFound(laf, split="train", no_known=False)],
+    }
+    if ext:
+        sets["obstacle"] += [RoadObstacle21(ro, split=s) for s in ("all", "validation", "test", "night")]
+    return sets
+
+
+def test_export_uses_the_benchmarks_folders_for_both_tracks(tmp_path):
+    """Every folder an export writes is one the benchmark reads (its datasets' persistence
+    names), and every frame lands where the benchmark looks for it."""
+    sets = _benchmark_layouts(tmp_path / "data")
+    assert set(BENCHMARK_FOLDERS) == set(BENCHMARK_DATASETS)
+    assert set(OUR_DATASETS.values()) <= set(BENCHMARK_DATASETS)
+    expected = {  # benchmark dataset -> folder of each of its frames
+        "AnomalyTrack-all": "AnomalyTrack-all", "AnomalyTrack-validation": "AnomalyTrack-all",
+        "AnomalyTrack-test": "AnomalyTrack-all", "LostAndFound-test": "LostAndFound-test",
+        "LostAndFound-testNoKnown": "LostAndFound-test", "LostAndFound-train": "LostAndFound-train",
+        "ObstacleTrack-all": "ObstacleTrack-all", "ObstacleTrack-validation": "ObstacleTrack-all",
+        "ObstacleTrack-test": "ObstacleTrack-all", "ObstacleTrack-night": "ObstacleTrack-all",
+    }
+    out = tmp_path / "export"
+    for track, datasets in sets.items():
+        for ds in datasets:
+            assert ds.benchmark_name in BENCHMARK_DATASETS, ds.benchmark_name
+            for fid in ds.frame_ids:
+                folder = submission_folder(ds, fid)
+                if ds.benchmark_name == "FishyLAFAnomaly-val":
+                    # a LostAndFound frame: read from the folder of the LostAndFound split holding it
+                    want = "LostAndFound-train" if fid.startswith("01_") else "LostAndFound-test"
+                else:
+                    want = expected[ds.benchmark_name]
+                assert folder == want, (ds.benchmark_name, fid)
+                write_scores(out, "pgn", folder, fid, np.zeros((4, 6)))
+    written = {p.parent.name for p in (out / "anomaly_p" / "pgn").rglob("*.hdf5")}
+    assert written and written <= BENCHMARK_FOLDER_NAMES
+    assert {"AnomalyTrack-all", "LostAndFound-test", "LostAndFound-train"} <= written
+    # not a benchmark dataset: no folder of the benchmark's
+    assert submission_folder(type("D", (), {"name": "synthetic_obstacle", "split": "obstacle"})(), "x") is None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from metaseg_pgn.metrics.ood import VERSIONS
 import pytest
 from PIL import Image
 
@@ -157,6 +159,10 @@ def test_ood_tables_match_csv(tiny_run):
                          "sIoU (%)": "sIoU_gt_exact", "PPV (%)": "PPV_exact", "mean F1 (%)": "F1_mean_exact"}}
     datasets = list(dict.fromkeys(table["dataset"]))
     assert len(datasets) == 2
+    # every number names its metric version, in the CSV and above each report table
+    for mode in ("smiyc", "exact"):
+        assert set(table[f"version_{mode}"]) == {VERSIONS[mode]}
+        assert f"`{mode}` mode — {VERSIONS[mode]}:" in md
     for ds in datasets:
         part = table[table["dataset"] == ds].set_index("method")
         for mode, first in (("smiyc", "Method,key,AuPRC (%)"), ("exact", "Method,key,AP (%)")):

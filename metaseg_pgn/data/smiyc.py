@@ -5,7 +5,8 @@ Each dataset also carries
 
 - ``track``: ``"anomaly"`` (RoadAnomaly21, Fishyscapes LAF) or ``"obstacle"`` (RoadObstacle21,
   LostAndFound), which fixes the component-level size thresholds of the evaluation;
-- ``benchmark_name``: the benchmark's name of the split (e.g. ``"LostAndFound-testNoKnown"``).
+- ``benchmark_name``: the benchmark's name of the split (e.g. ``"LostAndFound-testNoKnown"``),
+  from :data:`metaseg_pgn.metrics.submission.OUR_DATASETS` (the one table of those names).
 
 The benchmark withholds the labels of the RoadAnomaly21 and RoadObstacle21 test frames; those
 frames load with label None (see ``require_labels``).
@@ -20,6 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from metaseg_pgn.data.base import DataError, FileDataset, FrameFiles, list_files
+from metaseg_pgn.metrics.submission import benchmark_dataset
 
 SEMANTIC_LABEL_SUFFIX = "_labels_semantic.png"
 
@@ -27,21 +29,20 @@ SEMANTIC_LABEL_SUFFIX = "_labels_semantic.png"
 class _RoadTrack(FileDataset):
     """RoadAnomaly21 / RoadObstacle21: ``images/{id}.{ext}``, ``labels_masks/{id}_labels_semantic.png``.
 
-    Subclasses set ``name``, ``track``, ``image_ext``, ``benchmark_prefix`` and ``SPLITS`` (split
+    Subclasses set ``name``, ``track``, ``image_ext`` and ``SPLITS`` (split
     name -> predicate on the frame id), and ``_is_validation``.
     """
 
     name: str
     track: str
     image_ext: str
-    benchmark_prefix: str
     SPLITS: dict[str, Callable[[str], bool]]
 
     def __init__(self, root: str | Path, split: str = "all", require_labels: bool | None = None):
         if split not in self.SPLITS:
             raise ValueError(f"{type(self).__name__}: unknown split {split!r}; known: {sorted(self.SPLITS)}")
         self.root = Path(root).expanduser()
-        self.benchmark_name = f"{self.benchmark_prefix}-{split}"
+        self.benchmark_name = benchmark_dataset(self.name, split)
         image_dir = self.root / "images"
         label_dir = self.root / "labels_masks"
         images = list_files(image_dir, f"*.{self.image_ext}", f"{type(self).__name__} images")
@@ -96,7 +97,6 @@ class RoadAnomaly21(_RoadTrack):
     name = "road_anomaly21"
     track = "anomaly"
     image_ext = "jpg"
-    benchmark_prefix = "AnomalyTrack"
     SPLITS = {
         "all": lambda fid: True,
         "validation": lambda fid: fid.startswith("validation"),
@@ -150,7 +150,6 @@ class RoadObstacle21(_RoadTrack):
     name = "road_obstacle21"
     track = "obstacle"
     image_ext = "webp"
-    benchmark_prefix = "ObstacleTrack"
     SPLITS = {
         "all": lambda fid: True,
         "test": lambda fid: _obstacle_scene(fid) in OBSTACLE_TEST_SCENES,
@@ -299,9 +298,9 @@ class LostAndFound(FileDataset):
             files[frame_id] = FrameFiles(image, label)
         if not files:
             raise DataError(f"{image_dir}: no frame left after dropping the excluded ones")
-        self.benchmark_name = f"LostAndFound-{split}" + ("NoKnown" if self.no_known else "")
         super().__init__(files, name=self.name,
                          split=f"{split}_no_known" if self.no_known else split, label_kind="ood")
+        self.benchmark_name = benchmark_dataset(self.name, self.split)
 
     @staticmethod
     def _resolve(invalid: Iterable[str | int], all_ids: list[str], image_dir: Path) -> list[str]:
@@ -361,7 +360,6 @@ class FishyscapesLAF(FileDataset):
 
     name = "fishyscapes_laf"
     track = "anomaly"
-    benchmark_name = "FishyLAFAnomaly-val"
 
     def __init__(self, root: str | Path, laf_root: str | Path | None = None):
         self.root = Path(root).expanduser()
@@ -390,6 +388,14 @@ class FishyscapesLAF(FileDataset):
                 )
             files[frame_id] = FrameFiles(image, label)
         super().__init__(files, name=self.name, split="val", label_kind="ood")
+        self.benchmark_name = benchmark_dataset(self.name, self.split)
+
+    def laf_split(self, frame_id: str) -> str:
+        """The LostAndFound split (``"train"`` or ``"test"``) whose images hold this frame.
+
+        The benchmark reads a Fishyscapes LAF frame's scores from that split's folder.
+        """
+        return self.files(frame_id).image.parent.parent.name
 
     @staticmethod
     def _find_laf_root(root: Path, laf_root: str | Path | None) -> Path:

@@ -1,14 +1,18 @@
 """Stage ``ood_eval``: OoD segmentation with the SegmentMeIfYouCan metrics, the paper's Tables 2–3.
 
 For each OoD dataset of the run (labels 0 / 1 / 255) and each score map (max softmax as 1 − max
-softmax, entropy, MC dropout, ensemble, every PGN map), in both modes of
-:mod:`metaseg_pgn.metrics.ood`: pixel AuPRC / AP, FPR95, AUROC; component sIoU, PPV, mean F1.
+softmax, entropy, MC dropout, ensemble, every PGN map), in the modes ``ood_eval.modes`` of
+:mod:`metaseg_pgn.metrics.ood` (``smiyc``: the benchmark now; ``smiyc2021``: the benchmark before
+2023-08-24, as in the paper; ``exact``): pixel AuPRC / AP, FPR95, AUROC; component sIoU, PPV,
+mean F1. The CSV names the version of every number (column ``version_{mode}``).
 
 Every score is divided by its maximum over the split before evaluation and export, so it lies in
 [0, 1] and survives the benchmark's float16 storage (PGN with p = 0.1 reaches 1e30); a monotone
 rescaling leaves the exact-mode metrics unchanged. Three passes over the records: maxima, pixel
-metrics (+ export in the benchmark's layout ``anomaly_p/{method}/{split}/{frame}.hdf5``),
-components at each method's best-F1 threshold. Memory stays bounded by the metric objects.
+metrics (+ export ``submission/anomaly_p/{method}/{folder}/{frame}.hdf5`` in the folders the
+benchmark reads, :func:`metaseg_pgn.metrics.submission.submission_folder`; datasets the benchmark
+does not know go to ``{dataset}-{split}``), components at each method's best-F1 threshold.
+Memory stays bounded by the metric objects.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..io import atomic_write, write_json
-from ..metrics.ood import ComponentOoDMetrics, PixelOoDMetrics
-from ..metrics.submission import write_scores
+from ..metrics.ood import MODES, SMIYC_MODES, VERSIONS, ComponentOoDMetrics, PixelOoDMetrics
+from ..metrics.submission import submission_folder, write_scores
 from ..store import read_record
 from .common import RunContext, StageError, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
 from .infer import dataset_configs, make_dataset
@@ -56,15 +60,20 @@ def run(ctx: RunContext) -> dict:
         return {}
     from .common import dataset_key
 
-    results, rows = {}, []
+    bad = [m for m in ocfg["modes"] if m not in MODES]
+    if bad or not ocfg["modes"]:
+        raise StageError(f"ood_eval.modes={list(ocfg['modes'])!r}: choose among {list(MODES)}")
+    results, rows, exported = {}, [], {}
     for ds_cfg in dataset_configs(ctx.cfg):
         key = dataset_key(ds_cfg)
         out = infer["outputs"].get(key)
         if out is None or out["label_kind"] != "ood":
             continue
-        track = track_of(make_dataset(ds_cfg), ds_cfg)
+        ds = make_dataset(ds_cfg)
+        track = track_of(ds, ds_cfg)
         paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
-        results[key] = evaluate_split(paths, out["fingerprints"], track, ocfg, ctx, key)
+        folder_of = export_folders(ds, key, out["frames"], exported)
+        results[key] = evaluate_split(paths, out["fingerprints"], track, ocfg, ctx, key, folder_of)
         for method, by_mode in results[key]["methods"].items():
             rows.append(_table_row(key, track, method, by_mode))
     if not results:
@@ -83,8 +92,26 @@ def run(ctx: RunContext) -> dict:
     return outputs
 
 
-def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: str) -> dict:
-    """Both modes for every score map of one split (three passes over the records)."""
+def export_folders(ds, key: str, frame_ids, exported: dict) -> dict[str, str]:
+    """Submission folder of every frame of one split, warning when two splits of the run share a
+    frame (subsets of the same benchmark folder): the later export, scaled by its own split's
+    maximum, replaces the earlier file."""
+    folders = {}
+    for fid in frame_ids:
+        folder = submission_folder(ds, fid) if hasattr(ds, "name") and hasattr(ds, "split") else None
+        folders[fid] = folder or key
+        other = exported.setdefault((folders[fid], fid), key)
+        if other != key:
+            log.warning("ood_eval: %s and %s both export frame %s to folder %s; the export of %s "
+                        "(scaled by its split's maximum) is the one kept", other, key, fid, folders[fid], key)
+    return folders
+
+
+def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: str,
+                   folder_of: dict[str, str] | None = None) -> dict:
+    """Every mode for every score map of one split (three passes over the records).
+
+    ``folder_of`` maps frame ids to their submission folder (default: ``key``)."""
     modes = list(ocfg["modes"])
     progress = ctx.progress
 
@@ -103,17 +130,19 @@ def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: 
     scale = {m: (1.0 / maxima[m] if maxima[m] > 0 else 1.0) for m in methods}
 
     pixel = {(m, mode): PixelOoDMetrics(mode) for m in methods for mode in modes}
-    uniform = {m: PixelOoDMetrics("smiyc", binning="uniform") for m in methods} if "smiyc" in modes else {}
+    uniform = {(m, mode): PixelOoDMetrics(mode, binning="uniform")
+               for m in methods for mode in modes if mode in SMIYC_MODES}
     export_root = ctx.stage_dir(STAGE) / "submission"
     for record, maps in records("pixels"):
         for m in methods:
             score = maps[m] * scale[m]
             for mode in modes:
                 pixel[m, mode].update(score, record.label, record.frame_id)
-            if m in uniform:
-                uniform[m].update(score, record.label, record.frame_id)
+                if (m, mode) in uniform:
+                    uniform[m, mode].update(score, record.label, record.frame_id)
             if ocfg.get("export"):
-                write_scores(export_root, m, key, record.frame_id, score)
+                folder = (folder_of or {}).get(record.frame_id, key)
+                write_scores(export_root, m, folder, record.frame_id, score)
 
     summary = {m: {} for m in methods}
     components = {}
@@ -126,8 +155,8 @@ def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: 
             suffix = pixel[m, mode].suffix
             threshold = summary[m][mode]["pixel"][f"best_F1_threshold_{suffix}"]
             components[m, mode] = ComponentOoDMetrics(track, threshold, mode)
-        if m in uniform:
-            summary[m]["smiyc"]["pixel_uniform"] = uniform[m].compute()
+            if (m, mode) in uniform:
+                summary[m][mode]["pixel_uniform"] = uniform[m, mode].compute()
     for record, maps in records("components"):
         for (m, mode), comp in components.items():
             comp.update(maps[m] * scale[m], record.label, record.frame_id)
@@ -143,7 +172,8 @@ def _table_row(key: str, track: str, method: str, by_mode: dict) -> dict:
     row = {"dataset": key, "track": track, "method": method, "name": method_label(method)}
     for mode, res in by_mode.items():
         pix, comp = res["pixel"], res.get("component", {})
-        auprc = "AuPRC_smiyc" if mode == "smiyc" else "AP_exact"
+        auprc = f"AuPRC_{mode}" if mode in SMIYC_MODES else "AP_exact"
+        row[f"version_{mode}"] = VERSIONS[mode]
         row[f"{auprc}"] = pix[auprc]
         row[f"FPR95_{mode}"] = pix[f"FPR95_{mode}"]
         row[f"AUROC_{mode}"] = pix[f"AUROC_{mode}"]

@@ -33,6 +33,7 @@ import pandas as pd
 from .. import __version__
 from ..data.palette import CLASS_NAMES, PALETTE, colorize
 from ..io import atomic_write
+from ..metrics.ood import SMIYC_MODES, VERSIONS
 from ..names import method_label
 from .common import (RunContext, dataset_key, is_up_to_date, log, read_manifest, require_manifest,
                      stage_fingerprint, write_manifest)
@@ -772,11 +773,13 @@ class _Builder:
 
             details = json.loads(jpath.read_text())
         self.doc.p("SegmentMeIfYouCan metrics per OoD dataset, every score map as an anomaly score (max softmax "
-                   "as 1 − max softmax). `smiyc` mode: the benchmark's own computation (float16 scores, "
-                   "binned precision–recall; comparable with the leaderboard and the paper); component "
-                   "metrics at each method's best-F1 pixel threshold. `exact` mode: unbinned average "
-                   "precision and tie-aware FPR95. All values in percent; best per column bold (FPR95: "
-                   "lowest).")
+                   "as 1 − max softmax); component metrics at each method's best-F1 pixel threshold. "
+                   f"`smiyc` mode: the benchmark's computation as it is now ({VERSIONS['smiyc']}; float16 "
+                   "scores, binned precision–recall, AuPRC as a step sum; comparable with the current "
+                   f"leaderboard). `smiyc2021` mode, where run: {VERSIONS['smiyc2021']}, the computation of "
+                   "the paper's Tables 2–3, whose AuPRC depends on the order of tied thresholds. `exact` "
+                   "mode: unbinned average precision and tie-aware FPR95. Every table names its version. "
+                   "All values in percent; best per column bold (FPR95: lowest).")
         self.doc.p("Published values (the PGN paper's Tables 2–3, PGN uniform p = 0.5, WideResNet38; real "
                    "data, context only unless the dataset below is the same):")
         self.doc.table(["Dataset (published)", *OOD_COLUMNS],
@@ -796,8 +799,9 @@ class _Builder:
                 label, vals = PUBLISHED_OOD[name]
                 self.doc.p(f"Published for {label} (PGN uniform, p = 0.5, WideResNet38): "
                            + ", ".join(f"{c} {v:.1f}" for c, v in zip(OOD_COLUMNS, vals)) + ".")
+            if "AuPRC_smiyc2021" in part.columns:
+                self._ood_table(part, "smiyc2021")
             if "AP_exact" in part.columns:
-                self.doc.p("`exact` mode:")
                 self._ood_table(part, "exact")
             errors = _component_errors(info)
             if errors:
@@ -809,13 +813,17 @@ class _Builder:
         if bars:
             from ..plots import ood_bar_figure
 
-            metric = "AuPRC (smiyc)" if "AuPRC_smiyc" in table.columns else "AP (exact)"
+            metric = ("AuPRC (smiyc, benchmark 1c7804e)" if "AuPRC_smiyc" in table.columns
+                      else "AP (exact)")
             self.fig("ood_auprc.png", lambda p: ood_bar_figure(bars, p, metric), f"{metric} per method and "
                      "OoD dataset.")
 
     def _ood_table(self, part: pd.DataFrame, mode: str) -> None:
-        first = "AuPRC_smiyc" if mode == "smiyc" else "AP_exact"
-        cols = [(first, "AuPRC" if mode == "smiyc" else "AP", False), (f"FPR95_{mode}", "FPR95", True)]
+        smiyc = mode in SMIYC_MODES
+        version = part[f"version_{mode}"].iloc[0] if f"version_{mode}" in part.columns else VERSIONS[mode]
+        self.doc.p(f"`{mode}` mode — {version}:")
+        first = f"AuPRC_{mode}" if smiyc else "AP_exact"
+        cols = [(first, "AuPRC" if smiyc else "AP", False), (f"FPR95_{mode}", "FPR95", True)]
         if mode == "exact":
             cols.append((f"AUROC_{mode}", "AUROC", False))
         cols += [(f"sIoU_gt_{mode}", "sIoU", False), (f"PPV_{mode}", "PPV", False),

@@ -263,6 +263,7 @@ class FeaturesConfig:
     workers: int = 1  # processes computing frames
     executor: Executor = Executor.process  # a local process pool, or Dask
     scheduler: Optional[str] = None  # Dask scheduler address; null: a local cluster
+    entropy: str = "true"  # E columns: true (normalised entropy) | metaseg (MetaSeg's eps inside the log)
 
 
 @dataclass

@@ -142,6 +142,8 @@ def label_segments(pred: np.ndarray, gt: np.ndarray | None = None, void: int = 2
         Ground truth; where it equals ``void`` the prediction is voided. Without it nothing is voided.
     void : int
         The void label.
+    channel_axis : {0, -1}
+        Class axis of ``probs``: 0 for (C, H, W), -1 for MetaSeg's (H, W, C).
 
     Returns
     -------
@@ -309,6 +311,17 @@ def _map_aggregates(
     return mean, mean_in, mean_bd, var, var_in, var_bd
 
 
+def _class_run_sums(probs: np.ndarray, starts: np.ndarray):
+    """``c -> Σ probs[c]`` over each run of pixels starting at ``starts`` (float64), reading the
+    probabilities in their memory order: one plane at a time when the class axis is the slowest,
+    else all classes of a pixel together (one pass over a channels-last array)."""
+    if abs(probs.strides[0]) == max(abs(st) for st in probs.strides):
+        return lambda c: np.add.reduceat(probs[c].ravel(), starts, dtype=np.float64)
+    pixels = np.moveaxis(probs, 0, -1).reshape(-1, probs.shape[0])  # a view for (H, W, C) memory
+    sums = np.add.reduceat(pixels, starts, axis=0, dtype=np.float64)  # (runs, C)
+    return lambda c: sums[:, c]
+
+
 def segment_features(
     pred: np.ndarray,
     probs: np.ndarray,
@@ -316,6 +329,7 @@ def segment_features(
     gt: np.ndarray | None = None,
     *,
     void: int = 255,
+    channel_axis: int = 0,
 ) -> pd.DataFrame:
     """MetaSeg-style per-segment features of one frame.
 
@@ -323,8 +337,10 @@ def segment_features(
     ----------
     pred : numpy.ndarray, shape (H, W), integer
         Predicted class per pixel (usually ``probs.argmax(0)``), values in 0..C-1 (or ``void``).
-    probs : numpy.ndarray, shape (C, H, W), float
+    probs : numpy.ndarray, shape (C, H, W) or (H, W, C), float
         Softmax probabilities (float32 or float64); their segment means give ``cprob_{c}``.
+        Any memory order: read plane by plane when the class axis is the slowest in memory,
+        pixel by pixel otherwise (e.g. MetaSeg's channels-last arrays or a transposed view).
     maps : mapping of str to numpy.ndarray, shape (H, W), float
         Pixel maps to aggregate, e.g. ``E``, ``D``, ``V`` and PGN maps (float32 or float64; values
         may be huge, e.g. 1e30, but must be finite). Columns follow the mapping's order.
@@ -365,8 +381,14 @@ def segment_features(
     pred = _check_label_image(pred, "pred")
     height, width = pred.shape
     probs = np.asarray(probs)
+    given_shape = probs.shape
+    if channel_axis not in (0, -1):
+        raise ValueError(f"channel_axis must be 0 (C, H, W) or -1 (H, W, C), got {channel_axis}")
+    if probs.ndim == 3 and channel_axis == -1:
+        probs = np.moveaxis(probs, -1, 0)  # a view: (C, H, W) shape, the memory order stays
     if probs.ndim != 3 or probs.shape[1:] != pred.shape:
-        raise ValueError(f"probs must have shape (C, {height}, {width}), got {probs.shape}")
+        want = f"(C, {height}, {width})" if channel_axis == 0 else f"({height}, {width}, C)"
+        raise ValueError(f"probs must have shape {want}, got {given_shape}")
     n_classes = probs.shape[0]
     for name, m in maps.items():
         if np.shape(m) != pred.shape:
@@ -427,12 +449,12 @@ def segment_features(
                 raise ValueError(f"map {name!r} gives column {col!r}, which already exists")
             cols[col] = v
 
+    class_run_sums = _class_run_sums(probs, starts)
     for c in range(n_classes):
         col = f"cprob_{c}"
         if col in cols:
             raise ValueError(f"column {col!r} already exists (from a map name)")
-        run_sum = np.add.reduceat(probs[c].ravel(), starts, dtype=np.float64)
-        cols[col] = np.bincount(run_seg, weights=run_sum, minlength=n + 1)[1:] / size_div
+        cols[col] = np.bincount(run_seg, weights=class_run_sums(c), minlength=n + 1)[1:] / size_div
 
     for col, v in cols.items():
         if v.dtype.kind == "f" and not np.isfinite(v).all():

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from metaseg_pgn.metrics.ood import VERSIONS
 import pytest
 from PIL import Image
 
 from conftest import tiny_overrides
 from metaseg_pgn import config as config_mod
+from metaseg_pgn.metrics.ood import VERSIONS
 from metaseg_pgn.run import run_pipeline
 from metaseg_pgn.stages import report
 from metaseg_pgn.stages.common import RunContext

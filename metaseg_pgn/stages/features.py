@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..io import fingerprint
+from ..maps import ENTROPY_CONVENTIONS
 from ..segments import segment_features
 from ..store import read_record
 from ..table import schema_metadata, write_table
@@ -43,11 +44,14 @@ STAGE = "features"
 FEATURE_KINDS = ("semantic", None)  # OoD sets have 0/1 labels: no IoU target, not meta-learned
 
 
-def frame_table(record_path: str, expect: dict[str, str], void: int = 255) -> pa.Table:
-    """All segment rows of one frame as an Arrow table (without the partition columns)."""
+def frame_table(record_path: str, expect: dict[str, str], void: int = 255, entropy: str = "true") -> pa.Table:
+    """All segment rows of one frame as an Arrow table (without the partition columns).
+
+    ``entropy``: ``features.entropy``, the convention of the E columns (``"true"`` entropy or
+    ``"metaseg"``, MetaSeg's eps inside the log, :func:`metaseg_pgn.maps.softmax_maps`)."""
     record = read_record(record_path, expect)
     probs = record.probs()
-    maps = record.pixel_maps(probs)
+    maps = record.pixel_maps(probs, entropy=entropy)
     gt = record.label if record.label_kind == "semantic" else None
     df = segment_features(record.pred, probs, maps, gt, void=void)
     table = pa.Table.from_pandas(df, preserve_index=False)
@@ -55,12 +59,13 @@ def frame_table(record_path: str, expect: dict[str, str], void: int = 255) -> pa
     return table.add_column(0, "frame_id", frame_ids).replace_schema_metadata(None)
 
 
-def compute_frame(record_path: str, out_path: str, expect: dict[str, str], frame_fp: str) -> str:
+def compute_frame(record_path: str, out_path: str, expect: dict[str, str], frame_fp: str,
+                  entropy: str = "true") -> str:
     """Compute one frame's rows and write them atomically; a no-op when already done."""
     if _done(out_path, frame_fp):
         return out_path
     _single_thread()
-    table = frame_table(record_path, expect)
+    table = frame_table(record_path, expect, entropy=entropy)
     table = table.replace_schema_metadata({b"metaseg_pgn.frame_fingerprint": frame_fp.encode()})
     write_table(out_path, table)
     return out_path
@@ -86,7 +91,10 @@ def run(ctx: RunContext) -> dict:
     started = time.time()
     infer_manifest = require_manifest(ctx, "infer", STAGE)
     upstream = {"infer": infer_manifest["fingerprint"]}
-    fp = stage_fingerprint({}, upstream)
+    entropy = ctx.cfg["features"].get("entropy", "true")
+    if entropy not in ENTROPY_CONVENTIONS:
+        raise StageError(f"features.entropy={entropy!r}: choose one of {list(ENTROPY_CONVENTIONS)}")
+    fp = stage_fingerprint({"entropy": entropy}, upstream)
     if is_up_to_date(ctx, STAGE, fp):
         log.info("features: up to date")
         return {}
@@ -101,7 +109,7 @@ def run(ctx: RunContext) -> dict:
         for frame_id in out["frames"]:
             record = ctx.run_dir / out["records"] / f"{frame_id}.npz"
             target = frame_dir / f"{frame_id}.parquet"
-            jobs.append((str(record), str(target), out["fingerprints"], frame_fp))
+            jobs.append((str(record), str(target), out["fingerprints"], frame_fp, entropy))
             files.append(str(target))
         parts[key] = (name, split, files)
     if not jobs:

@@ -7,11 +7,17 @@ Measures, after one warm-up run, the median over ``--repeats`` runs of
 - ``maps``: :func:`metaseg_pgn.maps.softmax_maps` (E, D, V from the probabilities),
 - (a) :func:`metaseg_pgn.segments.segment_features` with E and D (+ cprob, sizes, IoU_adj),
 - (b) the same with E, D, V and 10 PGN-like float64 maps (values up to ~1e30),
+- the maps and (a) again with the probabilities channels-last, ``(H, W, C)``, as MetaSeg stores
+  them; the printed ratio channels-last / channels-first comes from these timings of the same run.
 
-and prints each figure and its ratio to MetaSeg's extractor (8.9 s per frame with E and D, which
-includes computing E and D; DESIGN.md §3). The frame is synthetic but shaped like Cityscapes: class
-blobs from a smoothed random field (hundreds to low thousands of segments), a ground truth that
-disagrees along the boundaries and in some blobs, and void regions.
+MetaSeg's own extractor is not run here, so no speed-up against it is printed: its figure is
+quoted as a reference only (DESIGN.md §3: about 8.9 s per 1024 x 2048 frame with 19 classes, E
+and D only, which includes computing E and D; 2.8 s at 512 x 1024; one core of this kind of
+machine, MetaSeg's Cython + Python extractor run unmodified by the design's author). A ratio
+against it would compare timings of different runs under different loads. The frame is synthetic
+but shaped like Cityscapes: class blobs from a smoothed random field (hundreds to low thousands
+of segments), a ground truth that disagrees along the boundaries and in some blobs, and void
+regions.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ from scipy import ndimage  # noqa: E402
 from metaseg_pgn.maps import softmax_maps  # noqa: E402
 from metaseg_pgn.segments import segment_features  # noqa: E402
 
-METASEG_SECONDS = 8.9  # MetaSeg, 1024 x 2048, 19 classes, E and D, one core (DESIGN.md §3)
+#: Reference, not measured by this script: MetaSeg's extractor, seconds per frame (DESIGN.md §3).
+METASEG_REFERENCE = ("MetaSeg's own extractor (Cython + Python dicts, E and D, 19 classes, one core of this "
+                     "kind of machine; DESIGN.md §3): about 8.9 s per 1024 x 2048 frame, 2.8 s at 512 x 1024. "
+                     "Not measured in this run, so no ratio is printed against it.")
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], height: int, width: int,
@@ -101,20 +110,27 @@ def main() -> None:
           f"max PGN-like value {max(float(m.max()) for m in full.values()):.1e}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
+    hwc = np.ascontiguousarray(probs.transpose(1, 2, 0))  # MetaSeg's layout
     t_maps = _time(lambda: softmax_maps(probs), args.repeats)
     t_a = _time(lambda: segment_features(pred, probs, ed, gt), args.repeats)
     t_b = _time(lambda: segment_features(pred, probs, full, gt), args.repeats)
+    t_maps_hwc = _time(lambda: softmax_maps(hwc, channel_axis=-1), args.repeats)
+    t_a_hwc = _time(lambda: segment_features(pred, hwc, ed, gt, channel_axis=-1), args.repeats)
 
     rows = [
-        ("softmax_maps (E, D, V)", t_maps),
-        ("(a) features: E, D, cprob, IoU_adj", t_a),
-        ("(a) + softmax_maps", t_a + t_maps),
-        (f"(b) features: E, D, V, {len(full) - 3} PGN maps, cprob, IoU_adj", t_b),
-        ("(b) + softmax_maps", t_b + t_maps),
+        ("softmax_maps (E, D, V)", t_maps, None),
+        ("(a) features: E, D, cprob, IoU_adj", t_a, None),
+        ("(a) + softmax_maps", t_a + t_maps, None),
+        (f"(b) features: E, D, V, {len(full) - 3} PGN maps, cprob, IoU_adj", t_b, None),
+        ("(b) + softmax_maps", t_b + t_maps, None),
+        ("softmax_maps, probabilities (H, W, C)", t_maps_hwc, t_maps),
+        ("(a) + softmax_maps, probabilities (H, W, C)", t_a_hwc + t_maps_hwc, t_a + t_maps),
     ]
     print(f"median of {args.repeats} runs after warm-up, one core:")
-    for name, t in rows:
-        print(f"  {name:<55s} {t:7.3f} s   MetaSeg 8.9 s / this = {METASEG_SECONDS / t:6.1f}x")
+    for name, t, base in rows:
+        ratio = f"   (H, W, C) / (C, H, W) = {t / base:4.2f}" if base else ""
+        print(f"  {name:<55s} {t:7.3f} s{ratio}")
+    print(f"reference: {METASEG_REFERENCE}")
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -449,6 +449,36 @@ def test_feature_rows_match_a_brute_force_from_the_record(reference):
             assert got[key] == pytest.approx(value, **tol), (exp["segment_id"], key)
 
 
+def test_metaseg_entropy_setting_reaches_the_features(reference, tmp_path):
+    """``features.entropy=metaseg`` re-runs only the features, and their E columns are MetaSeg's
+    ``Σ p·log(p + ε)/log(1/C)`` of the record's probabilities; every other column is unchanged."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    run_pipeline(compose(run, "infer.batch_size=2", "features.entropy=metaseg", n=5, n_ood=1,
+                         stage="[infer,features]"))
+    assert manifest(run, "infer") == manifest(reference, "infer")
+    assert manifest(run, "features")["fingerprint"] != manifest(reference, "features")["fingerprint"]
+    frame = "val_000001"
+    new = read_features(run / "features", filters=[("frame_id", "=", frame)])
+    old = read_features(reference / "features", filters=[("frame_id", "=", frame)])
+    e_cols = [c for c in new.columns if c.startswith("E_")]
+    assert e_cols and new.drop(columns=e_cols).equals(old.drop(columns=e_cols))
+
+    rec = load_npz(records(reference) / f"{frame}.npz")
+    z = torch.from_numpy(rec["logits"].astype(np.float64))[None]
+    probs = torch.softmax(F.interpolate(z, size=rec["pred"].shape, mode="bilinear",
+                                        align_corners=rec["meta"]["align_corners"]), 1)[0].numpy()
+    eps = float(np.finfo(np.float32).eps)
+    e_metaseg = (probs * np.log(probs + eps)).sum(0) / math.log(1.0 / N_CLASSES)
+    expected = brute_force_segments(rec, {"E": e_metaseg}, probs)
+    assert len(expected) == len(new)
+    for exp, (_, got) in zip(expected, new.iterrows()):
+        # the pipeline's probabilities are float32 (from float16 logits), these float64
+        assert got["E_mean"] == pytest.approx(exp["E_mean"], rel=1e-5, abs=1e-6)
+        assert got["E_bd_mean"] == pytest.approx(exp["E_bd_mean"], rel=1e-5, abs=1e-6)
+    assert (new["E_mean"] != old["E_mean"]).any()
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. bad input
 

@@ -524,6 +524,12 @@ def _threshold_metrics(curve: PixelCurve) -> dict[str, float]:
             "tpr95_threshold": thr95}
 
 
+def _ordered(auprc: float, auroc: float, curve: PixelCurve) -> dict[str, float]:
+    thr = _threshold_metrics(curve)
+    return {"AuPRC": auprc, "FPR95": thr["FPR95"], "AUROC": auroc, "best_F1": thr["best_F1"],
+            "best_F1_threshold": thr["best_F1_threshold"], "tpr95_threshold": thr["tpr95_threshold"]}
+
+
 def smiyc_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:
     """The current benchmark's scalar pixel metrics (HEAD ``1c7804e``) from :func:`smiyc_curve`.
 
@@ -534,13 +540,7 @@ def smiyc_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:
     points included), and the keys of :func:`_threshold_metrics`. Keys without mode suffix.
     """
     tpr, fpr = curve.tpr, curve.fpr
-    out = {
-        "AuPRC": float(np.sum(np.diff(tpr) * curve.precision[1:])),
-        "AUROC": _trapezoid(tpr, fpr),
-    }
-    thr = _threshold_metrics(curve)
-    return {"AuPRC": out["AuPRC"], "FPR95": thr["FPR95"], "AUROC": out["AUROC"],
-            **{k: thr[k] for k in ("best_F1", "best_F1_threshold", "tpr95_threshold")}}
+    return _ordered(float(np.sum(np.diff(tpr) * curve.precision[1:])), _trapezoid(tpr, fpr), curve)
 
 
 def smiyc2021_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:
@@ -553,10 +553,7 @@ def smiyc2021_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:
     suffix. AuPRC and AUROC depend on the order of tied thresholds (see
     :func:`smiyc2021_curve_from_frames`).
     """
-    thr = _threshold_metrics(curve)
-    return {"AuPRC": _trapezoid(curve.precision, curve.tpr), "FPR95": thr["FPR95"],
-            "AUROC": _trapezoid(curve.tpr, curve.fpr),
-            **{k: thr[k] for k in ("best_F1", "best_F1_threshold", "tpr95_threshold")}}
+    return _ordered(_trapezoid(curve.precision, curve.tpr), _trapezoid(curve.tpr, curve.fpr), curve)
 
 
 def exact_metrics_from_curve(curve: PixelCurve) -> dict[str, float]:

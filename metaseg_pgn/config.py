@@ -78,6 +78,11 @@ class Executor(str, enum.Enum):
     dask = "dask"
 
 
+class Entropy(str, enum.Enum):
+    exact = "exact"  # -Σ s log s / log C
+    metaseg = "metaseg"  # MetaSeg's Σ s log(s + 1.19e-7) / log(1/C), to reproduce its columns
+
+
 class ModelInit(str, enum.Enum):
     checkpoint = "checkpoint"  # load model.checkpoint (a state_dict file)
     target = "target"  # the target loads its own weights (e.g. from_pretrained of a local folder)
@@ -263,7 +268,7 @@ class FeaturesConfig:
     workers: int = 1  # processes computing frames
     executor: Executor = Executor.process  # a local process pool, or Dask
     scheduler: Optional[str] = None  # Dask scheduler address; null: a local cluster
-    entropy: str = "true"  # E columns: true (normalised entropy) | metaseg (MetaSeg's eps inside the log)
+    entropy: Entropy = Entropy.exact  # E columns: the exact normalised entropy, or MetaSeg's (eps inside the log)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["softmax_maps", "ENTROPY_CONVENTIONS", "METASEG_EPS"]
 
 #: Names of the entropy conventions: the true normalised entropy, or MetaSeg's (eps in the log).
-ENTROPY_CONVENTIONS: tuple[str, ...] = ("true", "metaseg")
+ENTROPY_CONVENTIONS: tuple[str, ...] = ("exact", "metaseg")
 #: The eps MetaSeg adds inside the log: ``np.finfo(np.float32).eps``.
 METASEG_EPS: float = float(np.finfo(np.float32).eps)
 
@@ -38,7 +38,7 @@ def _is_torch(x: Any) -> bool:
 
 
 def softmax_maps(
-    probs: Any, *, channel_axis: int = -3, entropy: Literal["true", "metaseg"] = "true"
+    probs: Any, *, channel_axis: int = -3, entropy: Literal["exact", "metaseg"] = "exact"
 ) -> dict[str, Any]:
     """Entropy, probability margin and variation ratio of softmax probabilities.
 
@@ -52,8 +52,8 @@ def softmax_maps(
         the true entropy.
     channel_axis : {-3, -1}
         Position of the class axis.
-    entropy : {"true", "metaseg"}
-        ``"true"``: ``E = -Σ_c s_c log s_c / log C``. ``"metaseg"``: MetaSeg's
+    entropy : {"exact", "metaseg"}
+        ``"exact"``: ``E = -Σ_c s_c log s_c / log C``. ``"metaseg"``: MetaSeg's
         ``E = Σ_c s_c log(s_c + ε) / log(1/C)``, ε = :data:`METASEG_EPS`, which is slightly
         negative at ``s = (1, 0, ..., 0)`` and reproduces MetaSeg's E columns.
 

@@ -93,10 +93,10 @@ class Record:
             return {}
         return {name: self.baselines[k].astype(np.float64) for k, name in enumerate(self.baseline_names)}
 
-    def pixel_maps(self, probs: np.ndarray | None = None, entropy: str = "true") -> dict[str, np.ndarray]:
+    def pixel_maps(self, probs: np.ndarray | None = None, entropy: str = "exact") -> dict[str, np.ndarray]:
         """Every pixel map at the output size: E, D, V, the PGN maps and the baselines.
 
-        ``entropy``: the convention of ``E`` (:func:`metaseg_pgn.maps.softmax_maps`): ``"true"``
+        ``entropy``: the convention of ``E`` (:func:`metaseg_pgn.maps.softmax_maps`): ``"exact"``
         or MetaSeg's ``"metaseg"``."""
         probs = self.probs() if probs is None else probs
         maps = {k: v.astype(np.float64) for k, v in softmax_maps(probs, entropy=entropy).items()}

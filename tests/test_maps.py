@@ -97,7 +97,7 @@ def test_bad_input_raises(probs):
 # ---------------------------------------------------------------------------- layouts
 
 
-@pytest.mark.parametrize("entropy", ["true", "metaseg"])
+@pytest.mark.parametrize("entropy", ["exact", "metaseg"])
 def test_channels_last_and_transposed_views_give_the_same_maps(entropy):
     """(C, H, W), MetaSeg's (H, W, C), and transposed views of each: identical maps, numpy and
     torch, frames and batches (the blocked path for channels-last memory is exercised with more
@@ -176,13 +176,13 @@ def test_metaseg_entropy_reproduces_metaseg_columns():
     probs, gt = data["probs"], data["gt"]
     pred = probs.argmax(-1)
     worst = {}
-    for entropy in ("metaseg", "true"):
+    for entropy in ("metaseg", "exact"):
         maps = softmax_maps(probs, channel_axis=-1, entropy=entropy)
         df = segment_features(pred, probs, {"E": maps["E"], "D": maps["D"]}, gt, channel_axis=-1)
         assert len(df) == len(ref)
         rel = [np.max(np.abs(df[a] - ref[b]) / np.abs(ref[b]).clip(1e-30)) for a, b in E_PAIRS.items()]
         worst[entropy] = max(rel)
-    assert worst["metaseg"] < 2e-6 < worst["true"]
+    assert worst["metaseg"] < 2e-6 < worst["exact"]
 
 
 def test_metaseg_entropy_on_saturated_segments():

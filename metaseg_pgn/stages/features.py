@@ -44,10 +44,10 @@ STAGE = "features"
 FEATURE_KINDS = ("semantic", None)  # OoD sets have 0/1 labels: no IoU target, not meta-learned
 
 
-def frame_table(record_path: str, expect: dict[str, str], void: int = 255, entropy: str = "true") -> pa.Table:
+def frame_table(record_path: str, expect: dict[str, str], void: int = 255, entropy: str = "exact") -> pa.Table:
     """All segment rows of one frame as an Arrow table (without the partition columns).
 
-    ``entropy``: ``features.entropy``, the convention of the E columns (``"true"`` entropy or
+    ``entropy``: ``features.entropy``, the convention of the E columns (``"exact"`` entropy or
     ``"metaseg"``, MetaSeg's eps inside the log, :func:`metaseg_pgn.maps.softmax_maps`)."""
     record = read_record(record_path, expect)
     probs = record.probs()
@@ -60,7 +60,7 @@ def frame_table(record_path: str, expect: dict[str, str], void: int = 255, entro
 
 
 def compute_frame(record_path: str, out_path: str, expect: dict[str, str], frame_fp: str,
-                  entropy: str = "true") -> str:
+                  entropy: str = "exact") -> str:
     """Compute one frame's rows and write them atomically; a no-op when already done."""
     if _done(out_path, frame_fp):
         return out_path
@@ -91,7 +91,7 @@ def run(ctx: RunContext) -> dict:
     started = time.time()
     infer_manifest = require_manifest(ctx, "infer", STAGE)
     upstream = {"infer": infer_manifest["fingerprint"]}
-    entropy = ctx.cfg["features"].get("entropy", "true")
+    entropy = ctx.cfg["features"].get("entropy", "exact")
     if entropy not in ENTROPY_CONVENTIONS:
         raise StageError(f"features.entropy={entropy!r}: choose one of {list(ENTROPY_CONVENTIONS)}")
     fp = stage_fingerprint({"entropy": entropy}, upstream)

@@ -178,3 +178,14 @@ def test_the_slurm_launcher_composes(tmp_path):
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
     assert not (tmp_path / "sweep").exists()
+
+
+def test_training_is_a_stage_of_the_same_configuration(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli("stage=train", "train.n_train=2", "train.n_val=1", "train.size=[64,128]", "train.crop=[32,64]",
+               "train.iterations=2", "train.eval_every=0", "train.batch_size=2", "seed=3", "progress=false",
+               f"run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    record = yaml.safe_load((run_dir / "train" / "record.json").read_text())
+    assert record["seed"] == 3 and record["training"]["iterations"] == 2
+    assert (run_dir / "train" / "synthetic_compact_seed3.pt").exists()

@@ -46,6 +46,7 @@ __all__ = ["TRAIN_DEFAULTS", "train", "run", "confusion_matrix", "iou_per_class"
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 
+
 def _train_defaults() -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -58,11 +59,6 @@ def _train_defaults() -> dict[str, Any]:
 
 # Every training setting with its default: the fields of metaseg_pgn.config.TrainConfig.
 TRAIN_DEFAULTS: dict[str, Any] = _train_defaults()
-    "cache": None,  # folder for the generated training frames (.npz), shared by ensemble members
-    "ship": False,  # also write the weights and record into metaseg_pgn/models/weights/
-    "half": True,  # store the state_dict as float16 (the shipped format)
-    "progress": True,
-}
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ Main entry points: :class:`SyntheticStreets`, :class:`SyntheticOoD`, :func:`gene
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,12 @@ from skimage import draw
 from metaseg_pgn.data.base import DataError, Frame, SegmentationDataset
 from metaseg_pgn.data.palette import VOID
 
+from .camera import Camera, Road
+from .canvas import Canvas
+from .classes import BUILDING, CAR, FENCE, LIGHT, PERSON, POLE, ROAD, SIDEWALK, SIGN, SKY, TERRAIN, TRUCK, VEG
+from .colors import CAR_COLORS, CLOTHES, FACADE_COLORS, OOD_COLORS, SKIN, hsv, jitter, rgb, tex
+from .noise import frame_rng, hash01, noise_fields, value_noise, world_noise
+
 __all__ = [
     "DEFAULT_SIZE",
     "SPLIT_SIZES",
@@ -54,10 +59,6 @@ __all__ = [
     "export_pngs",
 ]
 
-# Cityscapes trainIds used by the generator.
-ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEG, TERRAIN, SKY = range(11)
-PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(11, 19)
-
 DEFAULT_SIZE: tuple[int, int] = (256, 512)
 """Default frame size (H, W)."""
 
@@ -67,12 +68,6 @@ SPLIT_SIZES: dict[str, int] = {"train": 1000, "val": 80, "test": 200}
 OOD_DEFAULT_N = 30
 """Default number of frames per OoD track."""
 
-OOD_COLORS: np.ndarray = np.array(
-    [(255, 0, 200), (0, 235, 235), (255, 120, 0)], dtype=np.float32
-) / 255.0
-"""The saturated colours of unknown objects (magenta, cyan, orange), RGB in [0, 1]. No
-in-distribution class is drawn with saturated colours of these hues."""
-
 _LAYER_SKY, _LAYER_GROUND, _LAYER_FACADE, _LAYER_LONG, _LAYER_OBJECT, _LAYER_EGO = 0, 1, 2, 3, 4, 9
 
 
@@ -81,217 +76,12 @@ _LAYER_SKY, _LAYER_GROUND, _LAYER_FACADE, _LAYER_LONG, _LAYER_OBJECT, _LAYER_EGO
 # --------------------------------------------------------------------------------------------
 
 
-def _frame_rng(seed: int, split: str, index: int, stream: str) -> np.random.Generator:
-    """An independent generator for one frame and one purpose (scene, ood, post)."""
-    digest = hashlib.sha256(f"metaseg_pgn.synthetic/{int(seed)}/{split}/{int(index)}/{stream}".encode()).digest()
-    words = [int.from_bytes(digest[i:i + 8], "little") for i in range(0, 32, 8)]
-    return np.random.default_rng(words)
-
-
-def _value_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.ndarray:
-    """Smooth noise in about [-1, 1] with features of ``cell`` pixels (bicubic upsampled lattice)."""
-    h, w = shape
-    gh, gw = max(2, int(math.ceil(h / cell)) + 2), max(2, int(math.ceil(w / cell)) + 2)
-    grid = rng.uniform(-1.0, 1.0, (gh, gw)).astype(np.float32)
-    big = np.asarray(Image.fromarray(grid).resize((int((gw - 1) * cell), int((gh - 1) * cell)), Image.BICUBIC))
-    oy = int(rng.integers(0, max(1, big.shape[0] - h + 1)))
-    ox = int(rng.integers(0, max(1, big.shape[1] - w + 1)))
-    out = big[oy:oy + h, ox:ox + w]
-    if out.shape != (h, w):  # tiny images
-        out = np.resize(out, (h, w))
-    return np.clip(out, -1.2, 1.2)
-
-
-def _hash01(*ints: np.ndarray, salt: int = 0) -> np.ndarray:
-    """A cheap deterministic hash of integer arrays to [0, 1)."""
-    h = np.int64(salt * 2654435761 % (1 << 31))
-    for i, a in enumerate(ints):
-        h = h ^ (np.asarray(a, dtype=np.int64) * np.int64((73856093, 19349663, 83492791)[i % 3]))
-        h = (h * np.int64(1103515245) + np.int64(12345)) & np.int64(0x7FFFFFFF)
-    return (h % 10007) / 10007.0
-
-
-# --------------------------------------------------------------------------------------------
-# camera, canvas
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Camera:
-    """Pinhole camera at height ``hc`` over the ground plane, looking along +Z (Y up)."""
-
-    H: int
-    W: int
-    f: float
-    yh: float  # horizon row
-    xv: float  # vanishing column
-    hc: float  # camera height in metres
-
-    def project(self, X, Y, Z):
-        Z = np.maximum(np.asarray(Z, dtype=np.float64), 1e-3)
-        return self.xv + self.f * np.asarray(X) / Z, self.yh + self.f * (self.hc - np.asarray(Y)) / Z
-
-
-@dataclass
-class _Road:
-    """Road centre ``c(Z) = c0 + k Z^2`` (laterally), half width ``rw``."""
-
-    c0: float
-    k: float
-    rw: float
-
-    def center(self, Z):
-        return self.c0 + self.k * np.asarray(Z) ** 2
-
-
-class _Canvas:
-    """Image (float RGB in [0, 1]), semantic label and OoD mask being painted, plus shared noise."""
-
-    def __init__(self, cam: _Camera, noise: dict[str, np.ndarray], haze_color: np.ndarray, visibility: float):
-        self.cam = cam
-        H, W = cam.H, cam.W
-        self.img = np.zeros((H, W, 3), np.float32)
-        self.lab = np.full((H, W), VOID, np.uint8)
-        self.ood = np.zeros((H, W), np.uint8)
-        self.noise = noise
-        self.haze_color = haze_color.astype(np.float32)
-        self.visibility = visibility
-
-    def haze(self, color: np.ndarray, z) -> np.ndarray:
-        t = np.exp(-np.asarray(z, dtype=np.float32) / self.visibility)
-        if np.ndim(t) == 1:
-            t = t[:, None]
-        return color * t + self.haze_color * (1.0 - t)
-
-    def fill(self, rr, cc, color, label: int, z, ood: int = 0, alpha=None) -> None:
-        """Paint pixels ``(rr, cc)`` with colours (3,) or (n, 3), apply haze at depth ``z``; with
-        ``alpha`` (n,) blend over what is there (the label is set regardless)."""
-        if len(rr) == 0:
-            return
-        col = self.haze(np.asarray(color, dtype=np.float32), z)
-        if alpha is not None:
-            a = np.asarray(alpha, np.float32)[:, None]
-            col = col * a + self.img[rr, cc] * (1 - a)
-        self.img[rr, cc] = col
-        self.lab[rr, cc] = label
-        self.ood[rr, cc] = ood
-
-    def bbox(self, x0, x1, y0, y1):
-        """Integer pixel grid (rows, cols) covering the float box, clipped; None when empty."""
-        c0, c1 = max(int(math.floor(min(x0, x1))), 0), min(int(math.ceil(max(x0, x1))), self.cam.W - 1)
-        r0, r1 = max(int(math.floor(min(y0, y1))), 0), min(int(math.ceil(max(y0, y1))), self.cam.H - 1)
-        if c1 < c0 or r1 < r0:
-            return None
-        rr, cc = np.mgrid[r0:r1 + 1, c0:c1 + 1]
-        return rr.ravel(), cc.ravel()
-
-    def local(self, x0: float, y0: float, s: float, u0: float, u1: float, v0: float, v1: float,
-              min_px: float = 0.0):
-        """Pixels of the box ``u in [u0, u1]``, ``v in [v0, v1]`` (metres) of an upright object whose
-        foot point projects to ``(x0, y0)`` with ``s`` pixels per metre, and their local coordinates.
-        Returns ``(rr, cc, u, v)`` or None. ``u`` grows to the right, ``v`` upwards."""
-        box = self.bbox(x0 + s * u0 - 0.5, x0 + s * u1 + 0.5, y0 - s * v1 - 0.5, y0 - s * v0 + 0.5)
-        if box is None:
-            return None
-        rr, cc = box
-        u = (cc + 0.5 - x0) / s
-        v = (y0 - rr - 0.5) / s
-        return rr, cc, u, v
-
-    def plane_x(self, X: float, z0: float, z1: float, y0: float, y1: float):
-        """Pixels of the vertical plane at lateral ``X`` (parallel to the road) for depths
-        ``[z0, z1]`` and heights ``[y0, y1]``; returns ``(rr, cc, Z, Y)`` or None."""
-        cam = self.cam
-        z0 = max(z0, 0.3)
-        if z1 <= z0 or abs(X) < 1e-3:
-            return None
-        xs, ys = cam.project(np.array([X, X, X, X]), np.array([y0, y1, y0, y1]), np.array([z0, z0, z1, z1]))
-        box = self.bbox(xs.min() - 1, xs.max() + 1, ys.min() - 1, ys.max() + 1)
-        if box is None:
-            return None
-        rr, cc = box
-        dx = cc + 0.5 - cam.xv
-        with np.errstate(divide="ignore", invalid="ignore"):
-            Z = cam.f * X / dx
-        ok = np.isfinite(Z) & (Z >= z0) & (Z <= z1)
-        rr, cc, Z = rr[ok], cc[ok], Z[ok]
-        Y = cam.hc - (rr + 0.5 - cam.yh) * Z / cam.f
-        ok = (Y >= y0) & (Y <= y1)
-        return rr[ok], cc[ok], Z[ok], Y[ok]
-
-    def plane_z(self, Z: float, x0: float, x1: float, y0: float, y1: float):
-        """Pixels of the plane facing the camera at depth ``Z`` for lateral ``[x0, x1]`` and heights
-        ``[y0, y1]``; returns ``(rr, cc, X, Y)`` or None."""
-        cam = self.cam
-        if Z < 0.3:
-            return None
-        xs, ys = cam.project(np.array([x0, x1]), np.array([y1, y0]), np.array([Z, Z]))
-        box = self.bbox(xs[0], xs[1], ys[0], ys[1])
-        if box is None:
-            return None
-        rr, cc = box
-        X = (cc + 0.5 - cam.xv) * Z / cam.f
-        Y = cam.hc - (rr + 0.5 - cam.yh) * Z / cam.f
-        ok = (X >= x0) & (X <= x1) & (Y >= y0) & (Y <= y1)
-        return rr[ok], cc[ok], X[ok], Y[ok]
-
-
 @dataclass
 class _Item:
     layer: int
     depth: float
-    draw: Callable[[_Canvas], None]
+    draw: Callable[[Canvas], None]
     seq: int = 0
-
-
-# --------------------------------------------------------------------------------------------
-# colours
-# --------------------------------------------------------------------------------------------
-
-
-def _rgb(*c) -> np.ndarray:
-    return np.array(c, dtype=np.float32) / 255.0
-
-
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    """RGB in [0, 1] of hue ``h`` (degrees), saturation and value."""
-    h = (h % 360.0) / 60.0
-    i = int(h) % 6
-    f = h - int(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i], np.float32)
-
-
-def _jitter(rng: np.random.Generator, base, amount: float = 12.0) -> np.ndarray:
-    return np.clip(np.asarray(base, np.float32) + rng.uniform(-amount, amount, 3) / 255.0, 0, 1)
-
-
-def _tex(color: np.ndarray, *fields: tuple[np.ndarray, float]) -> np.ndarray:
-    """Per-pixel colours: ``color * (1 + sum(amp * field))`` for (field values, amplitude) pairs."""
-    m = 1.0
-    for vals, amp in fields:
-        m = m + amp * vals
-    color = np.asarray(color, np.float32)
-    if color.ndim == 1:
-        color = color[None, :]
-    return np.clip(color * np.asarray(m, np.float32)[:, None], 0, 1)
-
-
-_FACADE_COLORS = [
-    (200, 190, 170), (170, 160, 150), (150, 150, 150), (120, 115, 110), (190, 170, 140),
-    (160, 110, 90), (140, 95, 80), (215, 210, 200), (175, 180, 185), (110, 110, 115),
-    (185, 160, 120), (205, 195, 160), (130, 120, 100),
-]
-_CAR_COLORS = [
-    (230, 230, 230), (190, 190, 195), (150, 150, 155), (40, 40, 45), (20, 20, 25), (90, 90, 95),
-    (160, 30, 30), (35, 55, 110), (30, 60, 50), (110, 100, 80), (200, 190, 160), (70, 80, 100),
-    (125, 22, 20), (60, 90, 140),
-]
-_CLOTHES = [
-    (40, 40, 50), (70, 70, 80), (25, 25, 30), (110, 100, 90), (150, 140, 120), (60, 70, 100),
-    (120, 40, 40), (180, 170, 160), (50, 80, 60), (90, 60, 50), (200, 200, 205), (100, 110, 140),
-]
-_SKIN = [(225, 190, 160), (200, 160, 130), (170, 125, 95), (120, 85, 60), (90, 60, 45)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,8 +91,8 @@ _SKIN = [(225, 190, 160), (200, 160, 130), (170, 125, 95), (120, 85, 60), (90, 6
 
 @dataclass
 class _Scene:
-    cam: _Camera
-    road: _Road
+    cam: Camera
+    road: Road
     sky_top: np.ndarray
     sky_horizon: np.ndarray
     overcast: bool
@@ -325,42 +115,42 @@ def _side_X(scene: _Scene, side: int, a: float, Z) -> np.ndarray:
 def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: bool = False) -> _Scene:
     """Draw all random parameters of a scene (nothing is drawn on pixels here)."""
     f = W * rng.uniform(0.95, 1.25)
-    cam = _Camera(H=H, W=W, f=f, yh=H * rng.uniform(0.34, 0.5), xv=W * rng.uniform(0.4, 0.6),
+    cam = Camera(H=H, W=W, f=f, yh=H * rng.uniform(0.34, 0.5), xv=W * rng.uniform(0.4, 0.6),
                   hc=rng.uniform(1.3, 1.75))
     rw = rng.choice([3.3, 4.5, 5.5, 6.8, 8.0]) + rng.uniform(-0.3, 0.5)
     k = 0.0 if rng.random() < 0.5 else rng.uniform(-0.0012, 0.0012)
     c0 = rng.uniform(-0.55, 0.35) * rw
-    road = _Road(c0=c0, k=k, rw=rw)
+    road = Road(c0=c0, k=k, rw=rw)
 
     overcast = rng.random() < 0.25
     if overcast:
         g = rng.uniform(150, 215)
-        sky_top = _rgb(g - 8, g - 3, g + 6)
-        sky_horizon = _rgb(g + 10, g + 12, g + 15)
+        sky_top = rgb(g - 8, g - 3, g + 6)
+        sky_horizon = rgb(g + 10, g + 12, g + 15)
     else:
         # hue 205-225 degrees: clear of the cyan of unknown objects
-        sky_top = _hsv(rng.uniform(205, 225), rng.uniform(0.3, 0.62), rng.uniform(0.72, 0.92))
-        sky_horizon = _hsv(rng.uniform(200, 225), rng.uniform(0.05, 0.2), rng.uniform(0.85, 0.95))
+        sky_top = hsv(rng.uniform(205, 225), rng.uniform(0.3, 0.62), rng.uniform(0.72, 0.92))
+        sky_horizon = hsv(rng.uniform(200, 225), rng.uniform(0.05, 0.2), rng.uniform(0.85, 0.95))
     sky_horizon = np.clip(sky_horizon, 0, 1)
     visibility = rng.uniform(90, 500) if rng.random() < 0.3 else rng.uniform(400, 1500)
 
     road_gray = rng.uniform(70, 125)
-    road_col = _rgb(road_gray, road_gray + rng.uniform(-2, 4), road_gray + rng.uniform(0, 8))
+    road_col = rgb(road_gray, road_gray + rng.uniform(-2, 4), road_gray + rng.uniform(0, 8))
     sw_delta = rng.uniform(8, 70) if rng.random() < 0.85 else rng.uniform(-15, 8)
     sw_tint = rng.uniform(-8, 12, 3)
     sidewalk_col = np.clip(road_col + (sw_delta + sw_tint) / 255.0, 0, 1)
     terrain_kind = rng.choice(["grass", "dry", "mixed"], p=[0.65, 0.2, 0.15])
     if terrain_kind == "grass":
-        terrain_col = _rgb(rng.uniform(95, 135), rng.uniform(125, 160), rng.uniform(55, 85))
+        terrain_col = rgb(rng.uniform(95, 135), rng.uniform(125, 160), rng.uniform(55, 85))
     elif terrain_kind == "dry":
-        terrain_col = _rgb(rng.uniform(135, 170), rng.uniform(125, 150), rng.uniform(80, 105))
+        terrain_col = rgb(rng.uniform(135, 170), rng.uniform(125, 150), rng.uniform(80, 105))
     else:  # overlaps with dark vegetation: an ambiguous place on purpose
-        terrain_col = _rgb(rng.uniform(90, 130), rng.uniform(110, 140), rng.uniform(55, 85))
-    veg_col = _rgb(rng.uniform(40, 95), rng.uniform(70, 125), rng.uniform(25, 60))
+        terrain_col = rgb(rng.uniform(90, 130), rng.uniform(110, 140), rng.uniform(55, 85))
+    veg_col = rgb(rng.uniform(40, 95), rng.uniform(70, 125), rng.uniform(25, 60))
     sun_side = 0 if overcast else int(rng.choice([-1, 1]))
     ground = dict(
         road=road_col, sidewalk=sidewalk_col, terrain=terrain_col, veg=veg_col,
-        marking=_rgb(*(rng.uniform(200, 235, 1).repeat(3))),
+        marking=rgb(*(rng.uniform(200, 235, 1).repeat(3))),
         lane_width=rng.uniform(0.10, 0.16),
         dash_len=rng.uniform(2.5, 4.5), dash_gap=rng.uniform(4.0, 8.0), dash_phase=rng.uniform(0, 10),
         edge_lines=bool(rng.random() < 0.5),
@@ -438,13 +228,13 @@ def _add_sky_items(rng: np.random.Generator, scene: _Scene) -> None:
     tree_h = rng.uniform(3, 14)
     col_seed = int(rng.integers(1 << 31))
     dist = rng.uniform(250, 500)
-    building_col = _jitter(rng, _rgb(120, 120, 125), 20)
+    building_col = jitter(rng, rgb(120, 120, 125), 20)
     tree_col = scene.ground["veg"] * rng.uniform(0.7, 1.0)
 
-    def draw_skyline(cv: _Canvas) -> None:
+    def draw_skyline(cv: Canvas) -> None:
         idx = np.searchsorted(edges, np.arange(W) + 0.5)
         h_b = np.where(kinds[idx], heights[idx], 0.0)
-        nz = _value_noise(np.random.default_rng(col_seed), (2, W), 6)[0]
+        nz = value_noise(np.random.default_rng(col_seed), (2, W), 6)[0]
         h_t = np.maximum(tree_h * (0.6 + 0.5 * nz), 0)
         top_b = cam.yh - cam.f * (h_b - cam.hc) / dist
         top_t = cam.yh - cam.f * (h_t - cam.hc) / dist
@@ -453,32 +243,32 @@ def _add_sky_items(rng: np.random.Generator, scene: _Scene) -> None:
         mb = (rows >= top_b[None]) & (rows <= base) & (h_b[None] > 0)
         mt = (rows >= top_t[None]) & (rows <= base) & ~mb
         rr, cc = np.nonzero(mt)
-        cv.fill(rr, cc, _tex(tree_col, (cv.noise["n4"][rr, cc], 0.25)), VEG, dist)
+        cv.fill(rr, cc, tex(tree_col, (cv.noise.n4[rr, cc], 0.25)), VEG, dist)
         rr, cc = np.nonzero(mb)
-        cv.fill(rr, cc, _tex(building_col, (cv.noise["n16"][rr, cc], 0.15)), BUILDING, dist)
+        cv.fill(rr, cc, tex(building_col, (cv.noise.n16[rr, cc], 0.15)), BUILDING, dist)
 
     scene.items.append(_Item(_LAYER_SKY, 1e9, lambda cv: _draw_sky(cv, scene)))
     scene.items.append(_Item(_LAYER_SKY, 1e8, draw_skyline))
     scene.items.append(_Item(_LAYER_GROUND, 1e7, lambda cv: _draw_ground(cv, scene)))
 
 
-def _draw_sky(cv: _Canvas, scene: _Scene) -> None:
+def _draw_sky(cv: Canvas, scene: _Scene) -> None:
     cam = scene.cam
     rows = np.arange(cam.H, dtype=np.float32)
     t = np.clip(rows / max(cam.yh, 1.0), 0, 1) ** 0.7
     col = scene.sky_top[None, :] * (1 - t[:, None]) + scene.sky_horizon[None, :] * t[:, None]
     img = np.broadcast_to(col[:, None, :], (cam.H, cam.W, 3)).copy()
     if scene.cloudiness > 0:
-        c = np.clip(cv.noise["n64"] * 1.2 + cv.noise["n16"] * 0.4 + (scene.cloudiness - 0.6), 0, 1)
+        c = np.clip(cv.noise.n64 * 1.2 + cv.noise.n16 * 0.4 + (scene.cloudiness - 0.6), 0, 1)
         c = c * (1 - t[:, None]) ** 0.5
         img = img * (1 - c[..., None]) + np.float32(0.93) * c[..., None]
-    img = img * (1 + 0.015 * cv.noise["n4"][..., None])
+    img = img * (1 + 0.015 * cv.noise.n4[..., None])
     cv.img[...] = np.clip(img, 0, 1)
     cv.lab[...] = SKY
     cv.ood[...] = 0
 
 
-def _draw_ground(cv: _Canvas, scene: _Scene) -> None:
+def _draw_ground(cv: Canvas, scene: _Scene) -> None:
     cam, road, g = scene.cam, scene.road, scene.ground
     r0 = int(math.floor(cam.yh + 0.5))
     if r0 >= cam.H:
@@ -513,19 +303,19 @@ def _draw_ground(cv: _Canvas, scene: _Scene) -> None:
     label[(a >= 0) & (sw == 0) & ~in_ss] = np.where(beyond_terrain[(a >= 0) & (sw == 0) & ~in_ss], TERRAIN, SIDEWALK)
 
     # world-space textures
-    n_w = _world_noise(scene.noise_seed, X, Z, 1.7)
-    n_w2 = _world_noise(scene.noise_seed + 1, X, Z, 0.25)
-    grain = cv.noise["grain"][rr, cc]
+    n_w = world_noise(scene.noise_seed, X, Z, 1.7)
+    n_w2 = world_noise(scene.noise_seed + 1, X, Z, 0.25)
+    grain = cv.noise.grain[rr, cc]
     col = np.empty((len(rr), 3), np.float32)
     m = label == ROAD
-    col[m] = _tex(g["road"], (n_w[m], g["texture_amp"]), (grain[m], 0.05), (n_w2[m], g["crack_amp"]))
+    col[m] = tex(g["road"], (n_w[m], g["texture_amp"]), (grain[m], 0.05), (n_w2[m], g["crack_amp"]))
     m = label == SIDEWALK
     tile = g["tiles"]
     tu, tz = np.mod(d[m], tile) / tile, np.mod(Z[m], tile) / tile
     joint = ((tu < 0.08) | (tz < 0.08)) & (Z[m] < 30)
-    col[m] = _tex(g["sidewalk"], (n_w[m], 0.05), (grain[m], 0.04), (-joint.astype(np.float32), g["tile_contrast"]))
+    col[m] = tex(g["sidewalk"], (n_w[m], 0.05), (grain[m], 0.04), (-joint.astype(np.float32), g["tile_contrast"]))
     m = label == TERRAIN
-    col[m] = _tex(g["terrain"], (n_w[m], 0.12), (cv.noise["n4"][rr[m], cc[m]], 0.1), (grain[m], 0.12))
+    col[m] = tex(g["terrain"], (n_w[m], 0.12), (cv.noise.n4[rr[m], cc[m]], 0.1), (grain[m], 0.12))
     # kerb stones: lighter
     col[is_curb] = np.clip(col[is_curb] * 1.18 + 0.03, 0, 1)
 
@@ -548,7 +338,7 @@ def _draw_ground(cv: _Canvas, scene: _Scene) -> None:
         zz = g["zebra"]
         paint |= (Z >= zz) & (Z <= zz + 3.5) & (np.mod(d, 1.1) < 0.55) & (np.abs(d) < road.rw - 0.4)
     paint &= on_road & ~in_ss
-    col[paint] = _tex(g["marking"], (grain[paint], 0.04), (n_w[paint], 0.08))
+    col[paint] = tex(g["marking"], (grain[paint], 0.04), (n_w[paint], 0.08))
 
     # cast shadows of the buildings on the sun side
     if g["sun_side"] != 0:
@@ -563,13 +353,6 @@ def _draw_ground(cv: _Canvas, scene: _Scene) -> None:
 
     cv.fill(rr, cc, col, 0, Z)
     cv.lab[rr, cc] = label
-
-
-def _world_noise(seed: int, X: np.ndarray, Z: np.ndarray, scale: float) -> np.ndarray:
-    """Ground texture sampled in world coordinates (metres / ``scale`` per lattice cell)."""
-    tile = _value_noise(np.random.default_rng(seed), (96, 96), 6)
-    coords = np.stack([np.mod(Z / scale, 96.0), np.mod(X / scale + 31.0, 96.0)])
-    return ndimage.map_coordinates(tile, coords, order=1, mode="grid-wrap").astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -625,7 +408,7 @@ def _add_buildings(rng: np.random.Generator, scene: _Scene) -> None:
 
 def _make_building(rng: np.random.Generator, z0: float, z1: float, side: int) -> dict:
     height = rng.uniform(6, 30) if rng.random() < 0.8 else rng.uniform(30, 45)
-    color = _jitter(rng, _rgb(*_FACADE_COLORS[rng.integers(len(_FACADE_COLORS))]), 12)
+    color = jitter(rng, rgb(*FACADE_COLORS[rng.integers(len(FACADE_COLORS))]), 12)
     sx = rng.uniform(2.4, 4.5)
     return dict(
         z0=z0, z1=z1, height=height, color=color, side=side,
@@ -633,24 +416,24 @@ def _make_building(rng: np.random.Generator, z0: float, z1: float, side: int) ->
         win_sx=sx, win_w=rng.uniform(0.8, min(1.8, sx - 0.6)), floor_h=rng.uniform(2.8, 3.6),
         win_h=rng.uniform(1.2, 1.9), sill=rng.uniform(0.7, 1.0), ground_h=rng.uniform(3.2, 4.6),
         shop=bool(rng.random() < 0.45), win_phase=rng.uniform(0, sx),
-        glass=_jitter(rng, _rgb(55, 65, 80), 15), frame=_jitter(rng, _rgb(200, 200, 195), 40),
+        glass=jitter(rng, rgb(55, 65, 80), 15), frame=jitter(rng, rgb(200, 200, 195), 40),
         win_seed=int(rng.integers(1 << 30)), no_windows=bool(rng.random() < 0.08),
         cornice=rng.uniform(0.2, 0.8), depth=rng.uniform(8, 20),
     )
 
 
-def _facade_colors(cv: _Canvas, scene: _Scene, b: dict, rr, cc, u, v, shade: float) -> np.ndarray:
+def _facade_colors(cv: Canvas, scene: _Scene, b: dict, rr, cc, u, v, shade: float) -> np.ndarray:
     """Colours of facade pixels with along-facade coordinate ``u`` and height ``v`` (metres)."""
     n = cv.noise
     base = b["color"] * shade
-    fields = [(n["n16"][rr, cc], 0.06), (n["grain"][rr, cc], 0.03)]
+    fields = [(n.n16[rr, cc], 0.06), (n.grain[rr, cc], 0.03)]
     if b["brick"]:
         row = np.floor(v / b["brick_h"]).astype(np.int64)
         bu = np.mod(u + 0.5 * (row % 2) * 0.9, 0.9)
         bv = np.mod(v, b["brick_h"])
         mortar = ((bu < 0.06) | (bv < 0.04)).astype(np.float32)
         fields.append((mortar, 0.25))
-    col = _tex(base, *fields)
+    col = tex(base, *fields)
     top = v > b["height"] - b["cornice"]
     col[top] *= 0.75
     if b["no_windows"]:
@@ -671,7 +454,7 @@ def _facade_colors(cv: _Canvas, scene: _Scene, b: dict, rr, cc, u, v, shade: flo
         win_gr = (~upper) & (v > 1.0) & (v < 2.4) & (fu < b["win_w"])
     win = win_up | win_gr
     if win.any():
-        h = _hash01(iu[win], iv[win], salt=b["win_seed"])
+        h = hash01(iu[win], iv[win], salt=b["win_seed"])
         frame = (fu[win] < 0.08) | (fu[win] > (np.where(win_gr[win], sx * 0.85, b["win_w"]) - 0.08))
         glass = b["glass"][None, :] * (0.6 + 0.9 * h[:, None]) * shade
         # some windows reflect the sky
@@ -682,13 +465,13 @@ def _facade_colors(cv: _Canvas, scene: _Scene, b: dict, rr, cc, u, v, shade: flo
     return col
 
 
-def _facade_drawer(scene: _Scene, s: dict, b: dict) -> Callable[[_Canvas], None]:
+def _facade_drawer(scene: _Scene, s: dict, b: dict) -> Callable[[Canvas], None]:
     side = s["side"]
     road = scene.road
     sun = s["sun"]
     shade_side = 1.0 if scene.overcast else (1.0 if sun else 0.8)
 
-    def draw_facade(cv: _Canvas) -> None:
+    def draw_facade(cv: Canvas) -> None:
         # the road-facing side, in chunks so that it follows a curving road
         z0, z1 = b["z0"], b["z1"]
         a = s["sw"] + b["setback"]
@@ -745,21 +528,21 @@ def _add_long_structures(rng: np.random.Generator, scene: _Scene) -> None:
 
 def _long_color(rng: np.random.Generator, kind: str, scene: _Scene) -> np.ndarray:
     if kind == "fence":
-        return _jitter(rng, _rgb(*[(70, 75, 80), (40, 45, 45), (130, 110, 85), (150, 150, 150), (95, 80, 70)][rng.integers(5)]), 12)
+        return jitter(rng, rgb(*[(70, 75, 80), (40, 45, 45), (130, 110, 85), (150, 150, 150), (95, 80, 70)][rng.integers(5)]), 12)
     return np.clip(scene.ground["veg"] * rng.uniform(0.8, 1.2), 0, 1)
 
 
-def _long_drawer(scene: _Scene, s: dict, st: dict) -> Callable[[_Canvas], None]:
+def _long_drawer(scene: _Scene, s: dict, st: dict) -> Callable[[Canvas], None]:
     side = s["side"]
     label = {"fence": FENCE, "hedge": VEG}[st["kind"]]
 
     def colors(cv, rr, cc, u, v, shade, u_depth=None):
         n = cv.noise
         if st["kind"] == "hedge":
-            return _tex(st["color"] * shade, (n["n4"][rr, cc], 0.3), (n["grain"][rr, cc], 0.2)), None
+            return tex(st["color"] * shade, (n.n4[rr, cc], 0.3), (n.grain[rr, cc], 0.2)), None
         # fence panels, labelled as a whole (as Cityscapes annotates fences): wooden planks with
         # dark joints, or a wire mesh through which the background shows (alpha blending)
-        col = _tex(st["color"] * shade, (n["grain"][rr, cc], 0.06))
+        col = tex(st["color"] * shade, (n.grain[rr, cc], 0.06))
         frame = (np.abs(v - st["height"] + 0.04) < 0.04) | (v < 0.08) | (np.mod(u, st["post_gap"]) < 0.07)
         if st["planks"]:
             joint = (np.mod(u, 0.16) < 0.025) & ~frame
@@ -771,7 +554,7 @@ def _long_drawer(scene: _Scene, s: dict, st: dict) -> Callable[[_Canvas], None]:
         alpha = np.where(frame, 1.0, np.minimum(alpha, 0.95))
         return col, alpha.astype(np.float32)
 
-    def draw_long(cv: _Canvas) -> None:
+    def draw_long(cv: Canvas) -> None:
         zc = max(st["z0"], 0.5)
         while zc < st["z1"]:
             step = max(2.0, 0.15 * zc)
@@ -839,10 +622,10 @@ def _add_tree(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
     trunk_w = rng.uniform(0.2, 0.45)
     coeffs = np.stack([rng.uniform(0, 0.12, 5), rng.uniform(0, 2 * np.pi, 5)], 1)
     color = np.clip(scene.ground["veg"] * rng.uniform(0.75, 1.25) + rng.uniform(-0.04, 0.04, 3), 0, 1)
-    trunk_col = _jitter(rng, _rgb(85, 70, 55), 15)
+    trunk_col = jitter(rng, rgb(85, 70, 55), 15)
     X = float(_side_X(scene, side, a, z))
 
-    def draw_tree(cv: _Canvas) -> None:
+    def draw_tree(cv: Canvas) -> None:
         cam = cv.cam
         x0, y0 = cam.project(X, 0.0, z)
         s = cam.f / z
@@ -850,17 +633,17 @@ def _add_tree(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
         loc = cv.local(x0, y0, s, -hw, hw, 0, trunk_h + 0.3)
         if loc is not None:
             rr, cc, u, v = loc
-            cv.fill(rr, cc, _tex(trunk_col, (cv.noise["grain"][rr, cc], 0.1)), VEG, z)
+            cv.fill(rr, cc, tex(trunk_col, (cv.noise.grain[rr, cc], 0.1)), VEG, z)
         cy = trunk_h + crown_h / 2
         loc = cv.local(x0, y0, s, -R * 1.4, R * 1.4, trunk_h - 0.2, trunk_h + crown_h * 1.2)
         if loc is not None:
             rr, cc, u, v = loc
             th = np.arctan2((v - cy) / (crown_h / 2), u / R)
             rho = np.hypot(u / R, (v - cy) / (crown_h / 2))
-            leafy = cv.noise["n4"][rr, cc] * 0.12
+            leafy = cv.noise.n4[rr, cc] * 0.12
             m = rho < _blob_radius(th, coeffs) + leafy
             shade = 1.0 - 0.35 * np.clip((cy - v[m]) / crown_h + 0.3, 0, 1)
-            col = _tex(color, (cv.noise["n4"][rr[m], cc[m]], 0.3), (cv.noise["grain"][rr[m], cc[m]], 0.18),
+            col = tex(color, (cv.noise.n4[rr[m], cc[m]], 0.3), (cv.noise.grain[rr[m], cc[m]], 0.18),
                        (shade - 1.0, 1.0))
             cv.fill(rr[m], cc[m], col, VEG, z)
 
@@ -874,7 +657,7 @@ def _add_bush(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
     color = np.clip(scene.ground["veg"] * rng.uniform(0.8, 1.2), 0, 1)
     X = float(_side_X(scene, side, a, z))
 
-    def draw_bush(cv: _Canvas) -> None:
+    def draw_bush(cv: Canvas) -> None:
         cam = cv.cam
         x0, y0 = cam.project(X, 0.0, z)
         s = cam.f / z
@@ -884,8 +667,8 @@ def _add_bush(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
         rr, cc, u, v = loc
         th = np.arctan2((v - h / 2) / (h / 2), u / R)
         rho = np.hypot(u / R, (v - h / 2) / (h / 2))
-        m = (rho < _blob_radius(th, coeffs) + cv.noise["n4"][rr, cc] * 0.15) & (v >= 0)
-        cv.fill(rr[m], cc[m], _tex(color, (cv.noise["n4"][rr[m], cc[m]], 0.3), (cv.noise["grain"][rr[m], cc[m]], 0.15)), VEG, z)
+        m = (rho < _blob_radius(th, coeffs) + cv.noise.n4[rr, cc] * 0.15) & (v >= 0)
+        cv.fill(rr[m], cc[m], tex(color, (cv.noise.n4[rr[m], cc[m]], 0.3), (cv.noise.grain[rr[m], cc[m]], 0.15)), VEG, z)
 
     scene.items.append(_Item(_LAYER_OBJECT, z, draw_bush))
 
@@ -931,7 +714,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
               sign_only: bool = False, traffic_light: bool = False) -> None:
     height = rng.uniform(2.6, 3.4) if sign_only else (rng.uniform(3.8, 5.0) if traffic_light else rng.uniform(5, 9))
     width = rng.uniform(0.14, 0.28) if not sign_only else rng.uniform(0.08, 0.12)
-    color = _jitter(rng, _rgb(*[(150, 150, 150), (110, 110, 110), (60, 70, 65), (40, 40, 40), (170, 170, 165)][rng.integers(5)]), 10)
+    color = jitter(rng, rgb(*[(150, 150, 150), (110, 110, 110), (60, 70, 65), (40, 40, 40), (170, 170, 165)][rng.integers(5)]), 10)
     has_sign = sign_only or (not traffic_light and rng.random() < 0.35)
     sign = None
     if has_sign:
@@ -947,7 +730,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
     lamp_arm = rng.uniform(0.8, 2.0) if lamp else 0.0
     X = float(_side_X(scene, side, a, z))
 
-    def draw_pole(cv: _Canvas) -> None:
+    def draw_pole(cv: Canvas) -> None:
         cam = cv.cam
         x0, y0 = cam.project(X, 0.0, z)
         s = cam.f / z
@@ -956,7 +739,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
         if loc is not None:
             rr, cc, u, v = loc
             shade = 1.0 + 0.25 * (u / hw)
-            cv.fill(rr, cc, _tex(color, (shade - 1, 1.0)), POLE, z)
+            cv.fill(rr, cc, tex(color, (shade - 1, 1.0)), POLE, z)
         if lamp_arm > 0:
             # arm towards the road and a lamp head
             d = -side
@@ -986,7 +769,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
     scene.items.append(_Item(_LAYER_OBJECT, z, draw_pole))
 
 
-def _draw_sign(cv: _Canvas, x0, y0, s, sign: dict, z: float) -> None:
+def _draw_sign(cv: Canvas, x0, y0, s, sign: dict, z: float) -> None:
     r = sign["size"] / 2
     cy = sign["h"]
     loc = cv.local(x0, y0, s, sign["offset"] - r, sign["offset"] + r, cy - r, cy + r)
@@ -995,7 +778,7 @@ def _draw_sign(cv: _Canvas, x0, y0, s, sign: dict, z: float) -> None:
     rr, cc, u, v = loc
     du, dv = (u - sign["offset"]) / r, (v - cy) / r
     kind = sign["kind"]
-    red, white, blue, yellow, black = _rgb(200, 30, 35), _rgb(235, 235, 235), _rgb(25, 70, 170), _rgb(230, 215, 40), _rgb(25, 25, 25)
+    red, white, blue, yellow, black = rgb(200, 30, 35), rgb(235, 235, 235), rgb(25, 70, 170), rgb(230, 215, 40), rgb(25, 25, 25)
     rho = np.hypot(du, dv)
     if kind in ("circle_red", "circle_blue"):
         m = rho <= 1.0
@@ -1021,18 +804,18 @@ def _draw_sign(cv: _Canvas, x0, y0, s, sign: dict, z: float) -> None:
         col = np.where(glyph[:, None], white if kind == "rect_blue" else black, base)
         col = np.where(((np.abs(du) > 0.9) | (np.abs(dv) > 0.6))[:, None], white if kind == "rect_blue" else black, col)
     col = np.broadcast_to(col, (len(rr), 3))
-    cv.fill(rr[m], cc[m], _tex(col[m], (cv.noise["grain"][rr[m], cc[m]], 0.03)), SIGN, z - 0.05)
+    cv.fill(rr[m], cc[m], tex(col[m], (cv.noise.grain[rr[m], cc[m]], 0.03)), SIGN, z - 0.05)
 
 
-def _draw_traffic_light(cv: _Canvas, x0, y0, s, tl: dict, z: float) -> None:
+def _draw_traffic_light(cv: Canvas, x0, y0, s, tl: dict, z: float) -> None:
     w, h = tl["w"], tl["w"] * 2.8
     top = tl["h"] + 0.3
     loc = cv.local(x0, y0, s, -w / 2, w / 2, top - h, top)
     if loc is None:
         return
     rr, cc, u, v = loc
-    col = np.tile(_rgb(30, 32, 30), (len(rr), 1))
-    lamps = [_rgb(235, 40, 30), _rgb(235, 205, 40), _rgb(40, 200, 90)]
+    col = np.tile(rgb(30, 32, 30), (len(rr), 1))
+    lamps = [rgb(235, 40, 30), rgb(235, 205, 40), rgb(40, 200, 90)]
     for i in range(3):
         cy = top - h * (i + 0.5) / 3
         m = np.hypot(u, v - cy) < w * 0.33
@@ -1054,13 +837,13 @@ def _add_clutter(rng: np.random.Generator, scene: _Scene) -> None:
             kind = rng.choice(["bin", "bollard", "box"])
             w = {"bin": 0.6, "bollard": 0.15, "box": 0.9}[kind] * rng.uniform(0.8, 1.2)
             h = {"bin": 1.0, "bollard": 0.9, "box": 1.3}[kind] * rng.uniform(0.8, 1.2)
-            col = _jitter(rng, _rgb(*[(60, 70, 60), (90, 90, 95), (110, 95, 70), (50, 50, 55)][rng.integers(4)]), 12)
+            col = jitter(rng, rgb(*[(60, 70, 60), (90, 90, 95), (110, 95, 70), (50, 50, 55)][rng.integers(4)]), 12)
             X = float(_side_X(scene, s["side"], a, z))
             scene.items.append(_Item(_LAYER_OBJECT, z, _box_drawer(X, z, w, h, col, VOID)))
 
 
 def _box_drawer(X, z, w, h, col, label):
-    def draw_box(cv: _Canvas) -> None:
+    def draw_box(cv: Canvas) -> None:
         cam = cv.cam
         x0, y0 = cam.project(X, 0.0, z)
         s = cam.f / z
@@ -1068,7 +851,7 @@ def _box_drawer(X, z, w, h, col, label):
         if loc is not None:
             rr, cc, u, v = loc
             top = (v > h - 0.08).astype(np.float32)
-            cv.fill(rr, cc, _tex(col, (cv.noise["grain"][rr, cc], 0.05), (top, 0.2)), label, z)
+            cv.fill(rr, cc, tex(col, (cv.noise.grain[rr, cc], 0.05), (top, 0.2)), label, z)
 
     return draw_box
 
@@ -1117,11 +900,11 @@ def _add_vehicles(rng: np.random.Generator, scene: _Scene) -> None:
 def _make_vehicle(rng: np.random.Generator, *, truck: bool) -> dict:
     if truck:
         return dict(truck=True, length=rng.uniform(6.5, 10), width=rng.uniform(2.3, 2.6), height=rng.uniform(2.8, 3.8),
-                    color=_jitter(rng, _rgb(*[(220, 220, 220), (180, 180, 185), (60, 80, 120), (150, 40, 40), (90, 100, 90)][rng.integers(5)]), 10),
-                    cab_color=_jitter(rng, _rgb(200, 200, 205), 30), seed=int(rng.integers(1 << 30)))
-    body_col = _jitter(rng, _rgb(*_CAR_COLORS[rng.integers(len(_CAR_COLORS))]), 10)
+                    color=jitter(rng, rgb(*[(220, 220, 220), (180, 180, 185), (60, 80, 120), (150, 40, 40), (90, 100, 90)][rng.integers(5)]), 10),
+                    cab_color=jitter(rng, rgb(200, 200, 205), 30), seed=int(rng.integers(1 << 30)))
+    body_col = jitter(rng, rgb(*CAR_COLORS[rng.integers(len(CAR_COLORS))]), 10)
     return dict(truck=False, length=rng.uniform(3.8, 4.9), width=rng.uniform(1.65, 1.9), height=rng.uniform(1.35, 1.65),
-                color=body_col, glass=_jitter(rng, _rgb(35, 40, 50), 10), cabin=rng.uniform(0.72, 0.88),
+                color=body_col, glass=jitter(rng, rgb(35, 40, 50), 10), cabin=rng.uniform(0.72, 0.88),
                 seed=int(rng.integers(1 << 30)))
 
 
@@ -1129,7 +912,7 @@ def _add_vehicle(scene: _Scene, v: dict, d: float, z: float, *, front: bool) -> 
     road = scene.road
     label = TRUCK if v["truck"] else CAR
 
-    def draw_vehicle(cv: _Canvas) -> None:
+    def draw_vehicle(cv: Canvas) -> None:
         cam = cv.cam
         L, Wd, Hh = v["length"], v["width"], v["height"]
         Xc = float(road.center(z + L / 2)) + d
@@ -1166,21 +949,21 @@ def _add_vehicle(scene: _Scene, v: dict, d: float, z: float, *, front: bool) -> 
 def _vehicle_end_colors(cv, v, rr, cc, u, Y, front):
     Wd, Hh = v["width"], v["height"]
     col = np.tile(v["color"], (len(rr), 1))
-    col = _tex(v["color"], (cv.noise["grain"][rr, cc], 0.02), (cv.noise["n16"][rr, cc], 0.03))
+    col = tex(v["color"], (cv.noise.grain[rr, cc], 0.02), (cv.noise.n16[rr, cc], 0.03))
     hw = Wd / 2
     if v["truck"]:
         m = (Y > 0.0) & (np.abs(u) <= hw)
         body = Y > 0.55
-        col[~body] = _rgb(35, 35, 38)
+        col[~body] = rgb(35, 35, 38)
         door = (np.abs(u) < 0.03) & body
         col[door] = col[door] * 0.6
         wheel = (~body) & (np.abs(np.abs(u) - hw * 0.7) < 0.3) & (Y < 0.55)
-        col[wheel] = _rgb(20, 20, 20)
+        col[wheel] = rgb(20, 20, 20)
         lights = (Y > 0.6) & (Y < 0.8) & (np.abs(u) > hw - 0.25)
-        col[lights] = _rgb(190, 30, 30) if not front else _rgb(240, 240, 220)
+        col[lights] = rgb(190, 30, 30) if not front else rgb(240, 240, 220)
         if front:
             ws = (Y > Hh * 0.6) & (Y < Hh * 0.9) & (np.abs(u) < hw - 0.15)
-            col[ws] = _rgb(40, 50, 60)
+            col[ws] = rgb(40, 50, 60)
         return col, m
     belt = 0.95 * Hh / 1.5
     top_w = hw * v["cabin"]
@@ -1190,19 +973,19 @@ def _vehicle_end_colors(cv, v, rr, cc, u, Y, front):
     below = Y < 0.28
     wheel = below & (np.abs(u) > hw - 0.35)
     m &= ~below | wheel
-    col[wheel] = _rgb(22, 22, 24)
+    col[wheel] = rgb(22, 22, 24)
     win = (Y > belt + 0.07) & (Y < Hh - 0.07) & (np.abs(u) < cab_half - 0.1)
-    col[win] = v.get("glass", _rgb(40, 45, 55)) * (1.0 + 0.5 * (Y[win] - belt) / max(Hh - belt, 1e-3))[:, None]
+    col[win] = v.get("glass", rgb(40, 45, 55)) * (1.0 + 0.5 * (Y[win] - belt) / max(Hh - belt, 1e-3))[:, None]
     if front:
         lights = (Y > 0.55) & (Y < 0.72) & (np.abs(u) > hw - 0.35) & (np.abs(u) < hw - 0.05)
-        col[lights] = _rgb(235, 235, 215)
+        col[lights] = rgb(235, 235, 215)
         grille = (Y > 0.4) & (Y < 0.6) & (np.abs(u) < 0.35)
-        col[grille] = _rgb(30, 30, 32)
+        col[grille] = rgb(30, 30, 32)
     else:
         lights = (Y > 0.68) & (Y < 0.85) & (np.abs(u) > hw - 0.3) & (np.abs(u) < hw - 0.04)
-        col[lights] = _rgb(180, 25, 25)
+        col[lights] = rgb(180, 25, 25)
         plate = (Y > 0.38) & (Y < 0.5) & (np.abs(u) < 0.25)
-        col[plate] = _rgb(220, 220, 210)
+        col[plate] = rgb(220, 220, 210)
     bumper = (Y > 0.25) & (Y < 0.38)
     col[bumper & ~wheel] *= 0.7
     return col, m
@@ -1210,17 +993,17 @@ def _vehicle_end_colors(cv, v, rr, cc, u, Y, front):
 
 def _vehicle_side_colors(cv, v, rr, cc, u, Y, front):
     L, Hh = v["length"], v["height"]
-    col = _tex(v["color"] * 0.85, (cv.noise["grain"][rr, cc], 0.02))
+    col = tex(v["color"] * 0.85, (cv.noise.grain[rr, cc], 0.02))
     if v["truck"]:
         m = Y > 0.0
         cab = (u < 1.8) if front else (u > L - 1.8)
         col[cab] = v["cab_color"] * 0.85
         low = Y < 0.55
-        col[low] = _rgb(30, 30, 32)
+        col[low] = rgb(30, 30, 32)
         wheels = [1.2, L - 1.4, L - 2.4]
         for wc in wheels:
             w = np.hypot(u - wc, Y - 0.5) < 0.5
-            col[w] = _rgb(20, 20, 20)
+            col[w] = rgb(20, 20, 20)
         m &= ~low | (np.hypot(u - wheels[0], Y - 0.5) < 0.5) | (np.hypot(u - wheels[1], Y - 0.5) < 0.5) | (np.hypot(u - wheels[2], Y - 0.5) < 0.5) | (Y > 0.35)
         return col, m
     belt = 0.95 * Hh / 1.5
@@ -1232,12 +1015,12 @@ def _vehicle_side_colors(cv, v, rr, cc, u, Y, front):
     m = (Y > 0.28) & ((Y <= belt) | in_cab)
     win = (Y > belt + 0.06) & (Y < Hh - 0.06) & (u > c0 + slope * tt + 0.08) & (u < c1 - slope * tt * 1.4 - 0.08)
     pillar = np.abs(u - 0.5 * (c0 + c1)) < 0.06
-    col[win & ~pillar] = v.get("glass", _rgb(40, 45, 55)) * 1.2
+    col[win & ~pillar] = v.get("glass", rgb(40, 45, 55)) * 1.2
     for wc in (0.75, L - 0.85):
         w = np.hypot(u - wc, Y - 0.33) < 0.33
-        col[w] = _rgb(22, 22, 24)
+        col[w] = rgb(22, 22, 24)
         hub = np.hypot(u - wc, Y - 0.33) < 0.14
-        col[hub] = _rgb(120, 120, 125)
+        col[hub] = rgb(120, 120, 125)
         m |= w
     return col, m
 
@@ -1283,15 +1066,15 @@ def _person_parts(rng: np.random.Generator, height: float, side_view: bool) -> d
     phase = rng.uniform(-1, 1) if rng.random() < 0.7 else 0.0
     return dict(
         k=k, phase=phase, side_view=side_view,
-        shirt=_jitter(rng, _rgb(*_CLOTHES[rng.integers(len(_CLOTHES))]), 12),
-        trousers=_jitter(rng, _rgb(*_CLOTHES[rng.integers(len(_CLOTHES))]) * 0.8, 10),
-        skin=_jitter(rng, _rgb(*_SKIN[rng.integers(len(_SKIN))]), 8),
-        hair=_jitter(rng, _rgb(*[(30, 25, 20), (70, 50, 35), (120, 100, 70), (150, 150, 150)][rng.integers(4)]), 8),
+        shirt=jitter(rng, rgb(*CLOTHES[rng.integers(len(CLOTHES))]), 12),
+        trousers=jitter(rng, rgb(*CLOTHES[rng.integers(len(CLOTHES))]) * 0.8, 10),
+        skin=jitter(rng, rgb(*SKIN[rng.integers(len(SKIN))]), 8),
+        hair=jitter(rng, rgb(*[(30, 25, 20), (70, 50, 35), (120, 100, 70), (150, 150, 150)][rng.integers(4)]), 8),
         bag=rng.random() < 0.25, coat=rng.random() < 0.55, width=rng.uniform(1.0, 1.25),
     )
 
 
-def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float) -> None:
+def _draw_person(cv: Canvas, x0, y0, s, P: dict, z: float) -> None:
     k, ph, wf = P["k"], P["phase"], P["width"]
     top = 1.85 * k
     loc = cv.local(x0, y0, s, -0.45 * k, 0.45 * k, 0.0, top)
@@ -1333,7 +1116,7 @@ def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float) -> None:
         m |= arm | hnd
     if P["bag"]:
         bag = (np.abs(u - 0.22 * k) < 0.08 * k) & (v > 0.85 * k) & (v < 1.1 * k)
-        col[bag] = _rgb(45, 40, 35)
+        col[bag] = rgb(45, 40, 35)
         m |= bag
     # head and neck
     hc_ = (lean, 1.62 * k)
@@ -1343,7 +1126,7 @@ def _draw_person(cv: _Canvas, x0, y0, s, P: dict, z: float) -> None:
     hair = head & (v > hc_[1] + 0.02 * k)
     col[hair] = P["hair"]
     m |= head | neck
-    col = _tex(col, (cv.noise["grain"][rr, cc], 0.06))
+    col = tex(col, (cv.noise.grain[rr, cc], 0.06))
     cv.fill(rr[m], cc[m], col[m], PERSON, z)
 
 
@@ -1352,7 +1135,7 @@ def _add_person(rng: np.random.Generator, scene: _Scene, X: float, z: float, *, 
     side_view = bool(rng.random() < 0.35) if walking_side is None else walking_side
     P = _person_parts(rng, height, side_view)
 
-    def draw_p(cv: _Canvas) -> None:
+    def draw_p(cv: Canvas) -> None:
         x0, y0 = cv.cam.project(X, 0.0, z)
         _draw_person(cv, x0, y0, cv.cam.f / z, P, z)
 
@@ -1369,16 +1152,16 @@ def _add_ego(rng: np.random.Generator, scene: _Scene) -> None:
         return
     frac = rng.uniform(0.05, 0.12)
     bulge = rng.uniform(0.2, 0.5)
-    col = _jitter(rng, _rgb(*_CAR_COLORS[rng.integers(len(_CAR_COLORS))]) * 0.7, 8)
+    col = jitter(rng, rgb(*CAR_COLORS[rng.integers(len(CAR_COLORS))]) * 0.7, 8)
 
-    def draw_ego(cv: _Canvas) -> None:
+    def draw_ego(cv: Canvas) -> None:
         cam = cv.cam
         xs = (np.arange(cam.W) + 0.5) / cam.W * 2 - 1
         top = cam.H * (1 - frac * (1 + bulge * (1 - xs ** 2)) / (1 + bulge))
         rows = np.arange(cam.H)[:, None] + 0.5
         rr, cc = np.nonzero(rows >= top[None])
         refl = np.clip(1 - (rr - top[cc]) / max(cam.H * frac, 1), 0, 1)
-        c = _tex(col, (refl * 0.6, 1.0), (cv.noise["n16"][rr, cc], 0.05))
+        c = tex(col, (refl * 0.6, 1.0), (cv.noise.n16[rr, cc], 0.05))
         cv.img[rr, cc] = c
         cv.lab[rr, cc] = VOID
         cv.ood[rr, cc] = 0
@@ -1396,7 +1179,7 @@ def _ood_pattern(rng: np.random.Generator) -> dict:
     i, j = rng.choice(len(OOD_COLORS), 2, replace=False)
     c1 = OOD_COLORS[i]
     second = rng.random()
-    c2 = OOD_COLORS[j] if second < 0.6 else (_rgb(245, 245, 245) if second < 0.8 else _rgb(20, 20, 20))
+    c2 = OOD_COLORS[j] if second < 0.6 else (rgb(245, 245, 245) if second < 0.8 else rgb(20, 20, 20))
     return dict(kind=rng.choice(["checker", "stripes", "dots", "rings", "solid_dots"]), c1=c1, c2=c2,
                 period=rng.uniform(3, 7), angle=rng.uniform(0, np.pi))
 
@@ -1475,7 +1258,7 @@ class _OoDObject:
     pattern: dict
     lift: float = 0.0
 
-    def pixels(self, cam: _Camera):
+    def pixels(self, cam: Camera):
         x0, y0 = cam.project(self.X, self.lift, self.z)
         s = cam.f / self.z
         rr, cc = np.mgrid[0:1, 0:1]
@@ -1492,7 +1275,7 @@ class _OoDObject:
         m = _ood_mask(self.shape, u, v, self.w, self.h)
         return rr[m], cc[m], u[m], v[m]
 
-    def draw(self, cv: _Canvas) -> None:
+    def draw(self, cv: Canvas) -> None:
         rr, cc, u, v = self.pixels(cv.cam)
         if len(rr) == 0:
             return
@@ -1552,20 +1335,9 @@ def _anomaly_candidates(rng: np.random.Generator, scene: _Scene) -> _OoDObject:
 # --------------------------------------------------------------------------------------------
 
 
-def _noise_fields(scene: _Scene) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(scene.noise_seed)
-    H, W = scene.cam.H, scene.cam.W
-    return {
-        "grain": np.clip(rng.standard_normal((H, W)).astype(np.float32), -2.5, 2.5) * 0.5,
-        "n4": _value_noise(rng, (H, W), 3.0),
-        "n16": _value_noise(rng, (H, W), 14.0),
-        "n64": _value_noise(rng, (H, W), 60.0),
-    }
-
-
 def _render(scene: _Scene, extra: Sequence[_Item] = (), noise=None):
-    noise = _noise_fields(scene) if noise is None else noise
-    cv = _Canvas(scene.cam, noise, scene.sky_horizon, scene.visibility)
+    noise = noise_fields(scene.noise_seed, (scene.cam.H, scene.cam.W)) if noise is None else noise
+    cv = Canvas(scene.cam, noise, scene.sky_horizon, scene.visibility)
     items = list(scene.items) + [
         _Item(it.layer, it.depth, it.draw, seq=len(scene.items) + i) for i, it in enumerate(extra)
     ]
@@ -1645,14 +1417,14 @@ def generate_frame(seed: int, split: str, index: int, size: tuple[int, int] = DE
     if H < 8 or W < 8:
         raise ValueError(f"size {size!r} too small: need at least 8 x 8 pixels")
     track = split if split in ("obstacle", "anomaly") else None
-    scene = _build_scene(_frame_rng(seed, split, index, "scene"), H, W, obstacle_mode=track == "obstacle")
-    noise = _noise_fields(scene)
+    scene = _build_scene(frame_rng(seed, split, index, "scene"), H, W, obstacle_mode=track == "obstacle")
+    noise = noise_fields(scene.noise_seed, (H, W))
     img, lab, _ = _render(scene, noise=noise)
     if track is None:
-        image = _postprocess(img, scene.post, _frame_rng(seed, split, index, "post"))
+        image = _postprocess(img, scene.post, frame_rng(seed, split, index, "post"))
         return SyntheticSample(image=image, semantic=lab)
 
-    orng = _frame_rng(seed, split, index, "ood")
+    orng = frame_rng(seed, split, index, "ood")
     if track == "obstacle":
         objects = _place_obstacles(orng, scene, lab)
         ood_img, ood_lab, mask = _render(scene, [_Item(_LAYER_OBJECT, o.z, o.draw) for o in objects], noise=noise)
@@ -1684,15 +1456,15 @@ def generate_frame(seed: int, split: str, index: int, size: tuple[int, int] = DE
         ood = np.zeros((H, W), np.uint8)
         ood[(ood_lab == VOID) & ~obj] = VOID
         ood[obj] = 1
-    image = _postprocess(ood_img, scene.post, _frame_rng(seed, split, index, "post"))
+    image = _postprocess(ood_img, scene.post, frame_rng(seed, split, index, "post"))
     sample = SyntheticSample(image=image, semantic=ood_lab, ood=ood, object_mask=obj)
     if with_clean:
-        sample.clean_image = _postprocess(img, scene.post, _frame_rng(seed, split, index, "post"))
+        sample.clean_image = _postprocess(img, scene.post, frame_rng(seed, split, index, "post"))
         sample.clean_semantic = lab
     return sample
 
 
-def _visible(obj: _OoDObject, cam: _Camera, mask: np.ndarray) -> int:
+def _visible(obj: _OoDObject, cam: Camera, mask: np.ndarray) -> int:
     rr, cc, _, _ = obj.pixels(cam)
     return int(mask[rr, cc].sum())
 

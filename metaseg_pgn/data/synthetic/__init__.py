@@ -30,7 +30,7 @@ Main entry points: :class:`SyntheticStreets`, :class:`SyntheticOoD`, :func:`gene
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,11 +42,14 @@ from skimage import draw
 from metaseg_pgn.data.base import DataError, Frame, SegmentationDataset
 from metaseg_pgn.data.palette import VOID
 
+from .buildings import add_buildings, add_long_structures
 from .camera import Camera, Road
-from .canvas import Canvas
-from .classes import BUILDING, CAR, FENCE, LIGHT, PERSON, POLE, ROAD, SIDEWALK, SIGN, SKY, TERRAIN, TRUCK, VEG
-from .colors import CAR_COLORS, CLOTHES, FACADE_COLORS, OOD_COLORS, SKIN, hsv, jitter, rgb, tex
-from .noise import frame_rng, hash01, noise_fields, value_noise, world_noise
+from .canvas import Canvas, DrawItem, Layer
+from .classes import CAR, LIGHT, PERSON, POLE, ROAD, SIDEWALK, SIGN, TRUCK, VEG
+from .colors import CAR_COLORS, CLOTHES, OOD_COLORS, SKIN, hsv, jitter, rgb, tex
+from .ground import add_sky_and_ground
+from .noise import frame_rng, noise_fields
+from .scene import GroundStyle, PostFX, Scene, Side
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -68,20 +71,19 @@ SPLIT_SIZES: dict[str, int] = {"train": 1000, "val": 80, "test": 200}
 OOD_DEFAULT_N = 30
 """Default number of frames per OoD track."""
 
-_LAYER_SKY, _LAYER_GROUND, _LAYER_FACADE, _LAYER_LONG, _LAYER_OBJECT, _LAYER_EGO = 0, 1, 2, 3, 4, 9
-
-
 # --------------------------------------------------------------------------------------------
 # random streams
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _Item:
-    layer: int
-    depth: float
-    draw: Callable[[Canvas], None]
-    seq: int = 0
+class _Closure:
+    """A drawing function as a drawable (until every scene object is a dataclass)."""
+
+    fn: Callable[[Canvas], None]
+
+    def draw(self, cv: Canvas) -> None:
+        self.fn(cv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,30 +91,7 @@ class _Item:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Scene:
-    cam: Camera
-    road: Road
-    sky_top: np.ndarray
-    sky_horizon: np.ndarray
-    overcast: bool
-    cloudiness: float
-    visibility: float
-    sides: list  # per side (-1 left, +1 right) parameters
-    ground: dict
-    items: list[_Item] = field(default_factory=list)
-    noise_seed: int = 0
-    post: dict = field(default_factory=dict)
-    sidewalk_ids: dict = field(default_factory=dict)
-    obstacle_mode: bool = False
-
-
-def _side_X(scene: _Scene, side: int, a: float, Z) -> np.ndarray:
-    """Lateral world X of the point at distance ``a`` beyond the kerb on ``side`` at depth Z."""
-    return scene.road.center(Z) + side * (scene.road.rw + a)
-
-
-def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: bool = False) -> _Scene:
+def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: bool = False) -> Scene:
     """Draw all random parameters of a scene (nothing is drawn on pixels here)."""
     f = W * rng.uniform(0.95, 1.25)
     cam = Camera(H=H, W=W, f=f, yh=H * rng.uniform(0.34, 0.5), xv=W * rng.uniform(0.4, 0.6),
@@ -148,7 +127,7 @@ def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: boo
         terrain_col = rgb(rng.uniform(90, 130), rng.uniform(110, 140), rng.uniform(55, 85))
     veg_col = rgb(rng.uniform(40, 95), rng.uniform(70, 125), rng.uniform(25, 60))
     sun_side = 0 if overcast else int(rng.choice([-1, 1]))
-    ground = dict(
+    ground = GroundStyle(
         road=road_col, sidewalk=sidewalk_col, terrain=terrain_col, veg=veg_col,
         marking=rgb(*(rng.uniform(200, 235, 1).repeat(3))),
         lane_width=rng.uniform(0.10, 0.16),
@@ -162,7 +141,7 @@ def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: boo
         crack_amp=rng.uniform(0.0, 0.12),
     )
 
-    scene = _Scene(cam=cam, road=road, sky_top=sky_top, sky_horizon=sky_horizon, overcast=overcast,
+    scene = Scene(cam=cam, road=road, sky_top=sky_top, sky_horizon=sky_horizon, overcast=overcast,
                    cloudiness=0.0 if overcast else rng.uniform(0, 0.8), visibility=visibility,
                    sides=[], ground=ground, noise_seed=int(rng.integers(1 << 62)),
                    obstacle_mode=obstacle_mode)
@@ -182,21 +161,18 @@ def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: boo
         verge = rng.uniform(1.0, 2.5) if sw > 0 and rng.random() < 0.35 else 0.0
         beyond = "sidewalk" if kind == "buildings" else "terrain"
         side_street = (rng.uniform(12, 60), rng.uniform(7, 14)) if rng.random() < 0.3 else None
-        scene.sides.append(dict(side=side, kind=kind, sw=sw + verge, verge=verge, beyond=beyond,
+        scene.sides.append(Side(side=side, kind=str(kind), sw=sw + verge, verge=verge, beyond=beyond,
                                 side_street=side_street, buildings=[], sun=(side == sun_side)))
-    scene.sidewalk_ids = {}
-    _add_sky_items(rng, scene)
-    _add_buildings(rng, scene)
-    _add_long_structures(rng, scene)
+    add_sky_and_ground(rng, scene)
+    add_buildings(rng, scene)
+    add_long_structures(rng, scene)
     _add_vegetation(rng, scene)
     _add_street_furniture(rng, scene)
     _add_vehicles(rng, scene)
     _add_people(rng, scene)
     _add_clutter(rng, scene)
     _add_ego(rng, scene)
-    for i, it in enumerate(scene.items):
-        it.seq = i
-    scene.post = dict(
+    scene.post = PostFX(
         exposure=rng.uniform(0.8, 1.15), gamma=rng.uniform(0.85, 1.15),
         wb=1.0 + rng.uniform(-0.05, 0.05, 3), vignette=rng.uniform(0.0, 0.3),
         blur=rng.uniform(0.3, 0.9), noise=rng.uniform(1.0, 4.0) / 255.0,
@@ -205,407 +181,34 @@ def _build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: boo
     return scene
 
 
-def _in_side_street(side: dict, Z) -> np.ndarray:
-    ss = side["side_street"]
-    if ss is None:
-        return np.zeros(np.shape(Z), bool)
-    return (np.asarray(Z) >= ss[0]) & (np.asarray(Z) <= ss[0] + ss[1])
-
-
-# --------------------------------------------------------------------------------------------
-# sky, skyline, ground
-# --------------------------------------------------------------------------------------------
-
-
-def _add_sky_items(rng: np.random.Generator, scene: _Scene) -> None:
-    cam = scene.cam
-    # distant skyline: per-column heights (metres at a distance), buildings as blocks, trees smooth
-    W = cam.W
-    n_blocks = int(rng.integers(4, 18))
-    edges = np.sort(rng.uniform(0, W, n_blocks))
-    heights = rng.uniform(0, 1, n_blocks + 1) ** 1.5 * rng.uniform(8, 40)
-    kinds = rng.random(n_blocks + 1) < rng.uniform(0.2, 0.8)  # True: building block
-    tree_h = rng.uniform(3, 14)
-    col_seed = int(rng.integers(1 << 31))
-    dist = rng.uniform(250, 500)
-    building_col = jitter(rng, rgb(120, 120, 125), 20)
-    tree_col = scene.ground["veg"] * rng.uniform(0.7, 1.0)
-
-    def draw_skyline(cv: Canvas) -> None:
-        idx = np.searchsorted(edges, np.arange(W) + 0.5)
-        h_b = np.where(kinds[idx], heights[idx], 0.0)
-        nz = value_noise(np.random.default_rng(col_seed), (2, W), 6)[0]
-        h_t = np.maximum(tree_h * (0.6 + 0.5 * nz), 0)
-        top_b = cam.yh - cam.f * (h_b - cam.hc) / dist
-        top_t = cam.yh - cam.f * (h_t - cam.hc) / dist
-        base = int(math.ceil(cam.yh + cam.f * cam.hc / dist))
-        rows = np.arange(cam.H)[:, None]
-        mb = (rows >= top_b[None]) & (rows <= base) & (h_b[None] > 0)
-        mt = (rows >= top_t[None]) & (rows <= base) & ~mb
-        rr, cc = np.nonzero(mt)
-        cv.fill(rr, cc, tex(tree_col, (cv.noise.n4[rr, cc], 0.25)), VEG, dist)
-        rr, cc = np.nonzero(mb)
-        cv.fill(rr, cc, tex(building_col, (cv.noise.n16[rr, cc], 0.15)), BUILDING, dist)
-
-    scene.items.append(_Item(_LAYER_SKY, 1e9, lambda cv: _draw_sky(cv, scene)))
-    scene.items.append(_Item(_LAYER_SKY, 1e8, draw_skyline))
-    scene.items.append(_Item(_LAYER_GROUND, 1e7, lambda cv: _draw_ground(cv, scene)))
-
-
-def _draw_sky(cv: Canvas, scene: _Scene) -> None:
-    cam = scene.cam
-    rows = np.arange(cam.H, dtype=np.float32)
-    t = np.clip(rows / max(cam.yh, 1.0), 0, 1) ** 0.7
-    col = scene.sky_top[None, :] * (1 - t[:, None]) + scene.sky_horizon[None, :] * t[:, None]
-    img = np.broadcast_to(col[:, None, :], (cam.H, cam.W, 3)).copy()
-    if scene.cloudiness > 0:
-        c = np.clip(cv.noise.n64 * 1.2 + cv.noise.n16 * 0.4 + (scene.cloudiness - 0.6), 0, 1)
-        c = c * (1 - t[:, None]) ** 0.5
-        img = img * (1 - c[..., None]) + np.float32(0.93) * c[..., None]
-    img = img * (1 + 0.015 * cv.noise.n4[..., None])
-    cv.img[...] = np.clip(img, 0, 1)
-    cv.lab[...] = SKY
-    cv.ood[...] = 0
-
-
-def _draw_ground(cv: Canvas, scene: _Scene) -> None:
-    cam, road, g = scene.cam, scene.road, scene.ground
-    r0 = int(math.floor(cam.yh + 0.5))
-    if r0 >= cam.H:
-        return
-    rr, cc = np.mgrid[max(r0, 0):cam.H, 0:cam.W]
-    rr, cc = rr.ravel(), cc.ravel()
-    dy = rr + 0.5 - cam.yh
-    keep = dy > 0.05
-    rr, cc, dy = rr[keep], cc[keep], dy[keep]
-    Z = np.minimum(cam.f * cam.hc / dy, 3000.0)
-    X = (cc + 0.5 - cam.xv) * Z / cam.f
-    d = X - road.center(Z)
-    side = np.where(d < 0, 0, 1)
-    a = np.abs(d) - road.rw  # distance beyond the kerb line
-
-    sw = np.array([s["sw"] for s in scene.sides])[side]
-    beyond_terrain = np.array([s["beyond"] == "terrain" for s in scene.sides])[side]
-    in_ss = np.zeros_like(a, dtype=bool)
-    for i, s in enumerate(scene.sides):
-        in_ss |= (side == i) & _in_side_street(s, Z)
-
-    label = np.full(len(rr), ROAD, np.uint8)
-    verge = np.array([s["verge"] for s in scene.sides])[side]
-    is_curb = (a >= 0) & (a < 0.25) & (sw > 0) & ~in_ss
-    is_verge = (a >= 0.25) & (a < 0.25 + verge) & ~in_ss
-    is_sw = (a >= 0.25) & (a < sw) & ~in_ss & ~is_verge
-    is_beyond = (a >= np.maximum(sw, 0)) & ~in_ss & ~((a >= 0) & (a < sw))
-    label[is_curb | is_sw] = SIDEWALK
-    label[is_verge] = TERRAIN
-    label[is_beyond] = np.where(beyond_terrain[is_beyond], TERRAIN, SIDEWALK)
-    # grass verge when there is no sidewalk
-    label[(a >= 0) & (sw == 0) & ~in_ss] = np.where(beyond_terrain[(a >= 0) & (sw == 0) & ~in_ss], TERRAIN, SIDEWALK)
-
-    # world-space textures
-    n_w = world_noise(scene.noise_seed, X, Z, 1.7)
-    n_w2 = world_noise(scene.noise_seed + 1, X, Z, 0.25)
-    grain = cv.noise.grain[rr, cc]
-    col = np.empty((len(rr), 3), np.float32)
-    m = label == ROAD
-    col[m] = tex(g["road"], (n_w[m], g["texture_amp"]), (grain[m], 0.05), (n_w2[m], g["crack_amp"]))
-    m = label == SIDEWALK
-    tile = g["tiles"]
-    tu, tz = np.mod(d[m], tile) / tile, np.mod(Z[m], tile) / tile
-    joint = ((tu < 0.08) | (tz < 0.08)) & (Z[m] < 30)
-    col[m] = tex(g["sidewalk"], (n_w[m], 0.05), (grain[m], 0.04), (-joint.astype(np.float32), g["tile_contrast"]))
-    m = label == TERRAIN
-    col[m] = tex(g["terrain"], (n_w[m], 0.12), (cv.noise.n4[rr[m], cc[m]], 0.1), (grain[m], 0.12))
-    # kerb stones: lighter
-    col[is_curb] = np.clip(col[is_curb] * 1.18 + 0.03, 0, 1)
-
-    # lane markings, on the road only
-    on_road = label == ROAD
-    lw = g["lane_width"]
-    n_lanes = max(1, int(round(2 * road.rw / 3.2)))
-    lane_w = 2 * road.rw / n_lanes
-    paint = np.zeros(len(rr), bool)
-    period = g["dash_len"] + g["dash_gap"]
-    dashed = np.mod(Z + g["dash_phase"], period) < g["dash_len"]
-    for kk in range(1, n_lanes):
-        pos = -road.rw + kk * lane_w
-        near = np.abs(d - pos) < lw / 2
-        solid = g["center_solid"] and kk == n_lanes // 2
-        paint |= near & (dashed | solid)
-    if g["edge_lines"]:
-        paint |= np.abs(np.abs(d) - (road.rw - 0.35)) < lw / 2
-    if g["zebra"] is not None:
-        zz = g["zebra"]
-        paint |= (Z >= zz) & (Z <= zz + 3.5) & (np.mod(d, 1.1) < 0.55) & (np.abs(d) < road.rw - 0.4)
-    paint &= on_road & ~in_ss
-    col[paint] = tex(g["marking"], (grain[paint], 0.04), (n_w[paint], 0.08))
-
-    # cast shadows of the buildings on the sun side
-    if g["sun_side"] != 0:
-        si = 0 if g["sun_side"] < 0 else 1
-        s = scene.sides[si]
-        shadow = np.zeros(len(rr), bool)
-        for b in s["buildings"]:
-            reach = b["height"] * g["shadow_len"]
-            facade_a = s["sw"] + b["setback"]
-            shadow |= (side == si) & (Z >= b["z0"]) & (Z <= b["z1"]) & (a > facade_a - reach)
-        col[shadow] *= np.array([g["shadow_factor"], g["shadow_factor"], g["shadow_factor"] * 1.08], np.float32)
-
-    cv.fill(rr, cc, col, 0, Z)
-    cv.lab[rr, cc] = label
-
-
-# --------------------------------------------------------------------------------------------
-# buildings, walls, fences, hedges
-# --------------------------------------------------------------------------------------------
-
-
-def _add_buildings(rng: np.random.Generator, scene: _Scene) -> None:
-    road = scene.road
-    for s in scene.sides:
-        side = s["side"]
-        if s["kind"] == "buildings":
-            z = rng.uniform(-5, 6)
-            zend = rng.uniform(120, 260)
-            prev_h = 0.0
-            while z < zend:
-                if rng.random() < 0.22:
-                    z += rng.uniform(3, 14)  # gap
-                    prev_h = 0.0
-                    continue
-                length = rng.uniform(8, 40)
-                if s["side_street"] is not None:
-                    ss0, ssw = s["side_street"]
-                    if z < ss0 + ssw and z + length > ss0:
-                        if z < ss0:
-                            length = ss0 - z
-                        else:
-                            z = ss0 + ssw + 0.01
-                            prev_h = 0.0
-                            continue
-                if length < 2:
-                    z += 2
-                    continue
-                b = _make_building(rng, z, z + length, side)
-                b["setback"] = rng.uniform(0, 2.5) if rng.random() < 0.5 else 0.0
-                b["front"] = b["height"] > prev_h + 0.5
-                s["buildings"].append(b)
-                prev_h = b["height"]
-                z += length
-        else:
-            # open side: occasionally distant buildings far back
-            if rng.random() < 0.5:
-                z = rng.uniform(20, 80)
-                for _ in range(int(rng.integers(1, 4))):
-                    b = _make_building(rng, z, z + rng.uniform(10, 30), side)
-                    b["setback"] = s["sw"] + rng.uniform(12, 40)
-                    b["front"] = True
-                    s["buildings"].append(b)
-                    z = b["z1"] + rng.uniform(5, 30)
-        for b in sorted(s["buildings"], key=lambda b: -b["z0"]):
-            scene.items.append(_Item(_LAYER_FACADE, b["z0"], _facade_drawer(scene, s, b)))
-
-
-def _make_building(rng: np.random.Generator, z0: float, z1: float, side: int) -> dict:
-    height = rng.uniform(6, 30) if rng.random() < 0.8 else rng.uniform(30, 45)
-    color = jitter(rng, rgb(*FACADE_COLORS[rng.integers(len(FACADE_COLORS))]), 12)
-    sx = rng.uniform(2.4, 4.5)
-    return dict(
-        z0=z0, z1=z1, height=height, color=color, side=side,
-        brick=bool(rng.random() < 0.25), brick_h=rng.uniform(0.25, 0.4),
-        win_sx=sx, win_w=rng.uniform(0.8, min(1.8, sx - 0.6)), floor_h=rng.uniform(2.8, 3.6),
-        win_h=rng.uniform(1.2, 1.9), sill=rng.uniform(0.7, 1.0), ground_h=rng.uniform(3.2, 4.6),
-        shop=bool(rng.random() < 0.45), win_phase=rng.uniform(0, sx),
-        glass=jitter(rng, rgb(55, 65, 80), 15), frame=jitter(rng, rgb(200, 200, 195), 40),
-        win_seed=int(rng.integers(1 << 30)), no_windows=bool(rng.random() < 0.08),
-        cornice=rng.uniform(0.2, 0.8), depth=rng.uniform(8, 20),
-    )
-
-
-def _facade_colors(cv: Canvas, scene: _Scene, b: dict, rr, cc, u, v, shade: float) -> np.ndarray:
-    """Colours of facade pixels with along-facade coordinate ``u`` and height ``v`` (metres)."""
-    n = cv.noise
-    base = b["color"] * shade
-    fields = [(n.n16[rr, cc], 0.06), (n.grain[rr, cc], 0.03)]
-    if b["brick"]:
-        row = np.floor(v / b["brick_h"]).astype(np.int64)
-        bu = np.mod(u + 0.5 * (row % 2) * 0.9, 0.9)
-        bv = np.mod(v, b["brick_h"])
-        mortar = ((bu < 0.06) | (bv < 0.04)).astype(np.float32)
-        fields.append((mortar, 0.25))
-    col = tex(base, *fields)
-    top = v > b["height"] - b["cornice"]
-    col[top] *= 0.75
-    if b["no_windows"]:
-        return col
-    sx, fh = b["win_sx"], b["floor_h"]
-    uu = u + b["win_phase"]
-    iu = np.floor(uu / sx).astype(np.int64)
-    fu = uu - iu * sx
-    upper = v >= b["ground_h"]
-    iv = np.floor((v - b["ground_h"]) / fh).astype(np.int64)
-    fv = (v - b["ground_h"]) - iv * fh
-    win_up = upper & (fu < b["win_w"]) & (fv > b["sill"]) & (fv < b["sill"] + b["win_h"]) & (v < b["height"] - 1.0)
-    if b["shop"]:
-        win_gr = (~upper) & (v > 0.5) & (v < b["ground_h"] - 0.6) & (fu < sx * 0.85)
-        ivg = np.full_like(iv, -1)
-        iv = np.where(upper, iv, ivg)
-    else:
-        win_gr = (~upper) & (v > 1.0) & (v < 2.4) & (fu < b["win_w"])
-    win = win_up | win_gr
-    if win.any():
-        h = hash01(iu[win], iv[win], salt=b["win_seed"])
-        frame = (fu[win] < 0.08) | (fu[win] > (np.where(win_gr[win], sx * 0.85, b["win_w"]) - 0.08))
-        glass = b["glass"][None, :] * (0.6 + 0.9 * h[:, None]) * shade
-        # some windows reflect the sky
-        refl = h > 0.8
-        glass[refl] = glass[refl] * 0.5 + scene.sky_horizon * 0.45 * shade
-        glass[frame] = b["frame"] * shade
-        col[win] = np.clip(glass, 0, 1)
-    return col
-
-
-def _facade_drawer(scene: _Scene, s: dict, b: dict) -> Callable[[Canvas], None]:
-    side = s["side"]
-    road = scene.road
-    sun = s["sun"]
-    shade_side = 1.0 if scene.overcast else (1.0 if sun else 0.8)
-
-    def draw_facade(cv: Canvas) -> None:
-        # the road-facing side, in chunks so that it follows a curving road
-        z0, z1 = b["z0"], b["z1"]
-        a = s["sw"] + b["setback"]
-        zc = max(z0, 0.5)
-        while zc < z1:
-            step = max(2.0, 0.15 * zc)
-            za, zb = zc, min(z1, zc + step)
-            X = float(_side_X(scene, side, a, 0.5 * (za + zb)))
-            px = cv.plane_x(X, za, zb + 0.3, 0.0, b["height"])
-            if px is not None:
-                rr, cc, Z, Y = px
-                col = _facade_colors(cv, scene, b, rr, cc, Z - z0, Y, shade_side)
-                cv.fill(rr, cc, col, BUILDING, Z)
-            zc = zb
-        # the front end (facing the camera) when it is not hidden by a taller nearer building
-        if b["front"] and z0 > 0.5:
-            X = float(_side_X(scene, side, a, z0))
-            lo, hi = (X - b["depth"], X) if side < 0 else (X, X + b["depth"])
-            pz = cv.plane_z(z0, lo, hi, 0.0, b["height"])
-            if pz is not None:
-                rr, cc, Xp, Y = pz
-                shade = 0.88 if not scene.overcast else 0.95
-                col = _facade_colors(cv, scene, b, rr, cc, np.abs(Xp - X), Y, shade)
-                cv.fill(rr, cc, col, BUILDING, z0)
-
-    return draw_facade
-
-
-def _add_long_structures(rng: np.random.Generator, scene: _Scene) -> None:
-    """Fences and hedges along the outer edge of the sidewalk."""
-    for s in scene.sides:
-        if s["kind"] != "open" and rng.random() < 0.6:
-            continue
-        z = rng.uniform(2, 15)
-        zend = rng.uniform(40, 150)
-        while z < zend:
-            length = rng.uniform(8, 40)
-            kind = rng.choice(["fence", "hedge", "none"], p=[0.45, 0.35, 0.2])
-            if s["side_street"] is not None:
-                ss0, ssw = s["side_street"]
-                if z < ss0 + ssw and z + length > ss0:
-                    length = max(ss0 - z, 0.0)
-                    if length < 1.0:
-                        z = ss0 + ssw + 0.5
-                        continue
-            if kind != "none":
-                st = dict(kind=kind, z0=z, z1=z + length, a=s["sw"] + rng.uniform(0.0, 0.6),
-                          height=rng.uniform(0.6, 2.0) if kind == "hedge" else rng.uniform(0.9, 2.0),
-                          color=_long_color(rng, kind, scene), mesh=rng.uniform(0.08, 0.2),
-                          alpha=rng.uniform(0.5, 0.7), planks=bool(rng.random() < 0.4), post_gap=rng.uniform(2.0, 3.0))
-                scene.items.append(_Item(_LAYER_LONG, z, _long_drawer(scene, s, st)))
-            z += length + (rng.uniform(2, 20) if rng.random() < 0.4 else 0.0)
-
-
-def _long_color(rng: np.random.Generator, kind: str, scene: _Scene) -> np.ndarray:
-    if kind == "fence":
-        return jitter(rng, rgb(*[(70, 75, 80), (40, 45, 45), (130, 110, 85), (150, 150, 150), (95, 80, 70)][rng.integers(5)]), 12)
-    return np.clip(scene.ground["veg"] * rng.uniform(0.8, 1.2), 0, 1)
-
-
-def _long_drawer(scene: _Scene, s: dict, st: dict) -> Callable[[Canvas], None]:
-    side = s["side"]
-    label = {"fence": FENCE, "hedge": VEG}[st["kind"]]
-
-    def colors(cv, rr, cc, u, v, shade, u_depth=None):
-        n = cv.noise
-        if st["kind"] == "hedge":
-            return tex(st["color"] * shade, (n.n4[rr, cc], 0.3), (n.grain[rr, cc], 0.2)), None
-        # fence panels, labelled as a whole (as Cityscapes annotates fences): wooden planks with
-        # dark joints, or a wire mesh through which the background shows (alpha blending)
-        col = tex(st["color"] * shade, (n.grain[rr, cc], 0.06))
-        frame = (np.abs(v - st["height"] + 0.04) < 0.04) | (v < 0.08) | (np.mod(u, st["post_gap"]) < 0.07)
-        if st["planks"]:
-            joint = (np.mod(u, 0.16) < 0.025) & ~frame
-            col[joint] *= 0.55
-            return col, None
-        period_px = st["mesh"] * cv.cam.f / np.maximum(u_depth, 1e-3)
-        wire = (np.mod(u + v, st["mesh"]) < 0.2 * st["mesh"]) | (np.mod(u - v, st["mesh"]) < 0.2 * st["mesh"])
-        alpha = np.where(period_px < 3.0, 0.25 + st["alpha"], np.where(wire, 0.9, 0.3))
-        alpha = np.where(frame, 1.0, np.minimum(alpha, 0.95))
-        return col, alpha.astype(np.float32)
-
-    def draw_long(cv: Canvas) -> None:
-        zc = max(st["z0"], 0.5)
-        while zc < st["z1"]:
-            step = max(2.0, 0.15 * zc)
-            za, zb = zc, min(st["z1"], zc + step)
-            X = float(_side_X(scene, side, st["a"], 0.5 * (za + zb)))
-            px = cv.plane_x(X, za, zb + 0.2, 0.0, st["height"])
-            if px is not None:
-                rr, cc, Z, Y = px
-                col, alpha = colors(cv, rr, cc, Z, Y, 0.95, u_depth=Z)
-                cv.fill(rr, cc, col, label, Z, alpha=alpha)
-            zc = zb
-        if st["z0"] > 1.0:
-            X = float(_side_X(scene, side, st["a"], st["z0"]))
-            lo, hi = (X - 0.3, X) if side < 0 else (X, X + 0.3)
-            pz = cv.plane_z(st["z0"], lo, hi, 0.0, st["height"])
-            if pz is not None:
-                rr, cc, Xp, Y = pz
-                col, alpha = colors(cv, rr, cc, np.abs(Xp - X), Y, 0.85, u_depth=np.full(len(rr), st["z0"]))
-                cv.fill(rr, cc, col, label, st["z0"], alpha=alpha)
-
-    return draw_long
-
-
 # --------------------------------------------------------------------------------------------
 # vegetation
 # --------------------------------------------------------------------------------------------
 
 
-def _add_vegetation(rng: np.random.Generator, scene: _Scene) -> None:
+def _add_vegetation(rng: np.random.Generator, scene: Scene) -> None:
     for s in scene.sides:
-        p_trees = 0.8 if s["kind"] == "open" else 0.45
+        p_trees = 0.8 if s.kind == "open" else 0.45
         if rng.random() > p_trees:
             continue
         spacing = rng.uniform(6, 16)
         z = rng.uniform(3, 12)
         zend = rng.uniform(50, 160)
-        in_terrain = s["kind"] == "open"
+        in_terrain = s.kind == "open"
         while z < zend:
-            if not _in_side_street(s, z):
+            if not s.in_side_street(z):
                 if in_terrain and rng.random() < 0.6:
-                    a = s["sw"] + rng.uniform(1.0, 12.0)
+                    a = s.sw + rng.uniform(1.0, 12.0)
                 else:
-                    a = max(s["sw"] - rng.uniform(0.5, 0.9), 0.3) if s["sw"] > 0 else rng.uniform(0.5, 2)
-                _add_tree(rng, scene, s["side"], a, z)
+                    a = max(s.sw - rng.uniform(0.5, 0.9), 0.3) if s.sw > 0 else rng.uniform(0.5, 2)
+                _add_tree(rng, scene, s.side, a, z)
             z += spacing * rng.uniform(0.6, 1.4)
         # bushes in the terrain
         if in_terrain:
             for _ in range(int(rng.integers(0, 6))):
                 z = rng.uniform(5, 60)
-                a = s["sw"] + rng.uniform(0.5, 8)
-                _add_bush(rng, scene, s["side"], a, z)
+                a = s.sw + rng.uniform(0.5, 8)
+                _add_bush(rng, scene, s.side, a, z)
 
 
 def _blob_radius(theta: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
@@ -615,15 +218,15 @@ def _blob_radius(theta: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     return r
 
 
-def _add_tree(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: float) -> None:
+def _add_tree(rng: np.random.Generator, scene: Scene, side: int, a: float, z: float) -> None:
     trunk_h = rng.uniform(1.8, 3.2)
     R = rng.uniform(1.2, 3.2)
     crown_h = R * rng.uniform(1.3, 2.2)
     trunk_w = rng.uniform(0.2, 0.45)
     coeffs = np.stack([rng.uniform(0, 0.12, 5), rng.uniform(0, 2 * np.pi, 5)], 1)
-    color = np.clip(scene.ground["veg"] * rng.uniform(0.75, 1.25) + rng.uniform(-0.04, 0.04, 3), 0, 1)
+    color = np.clip(scene.ground.veg * rng.uniform(0.75, 1.25) + rng.uniform(-0.04, 0.04, 3), 0, 1)
     trunk_col = jitter(rng, rgb(85, 70, 55), 15)
-    X = float(_side_X(scene, side, a, z))
+    X = float(scene.road.side_x(side, a, z))
 
     def draw_tree(cv: Canvas) -> None:
         cam = cv.cam
@@ -647,15 +250,15 @@ def _add_tree(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
                        (shade - 1.0, 1.0))
             cv.fill(rr[m], cc[m], col, VEG, z)
 
-    scene.items.append(_Item(_LAYER_OBJECT, z, draw_tree))
+    scene.add(Layer.OBJECT, z, _Closure(draw_tree))
 
 
-def _add_bush(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: float) -> None:
+def _add_bush(rng: np.random.Generator, scene: Scene, side: int, a: float, z: float) -> None:
     R = rng.uniform(0.5, 1.5)
     h = R * rng.uniform(0.8, 1.4)
     coeffs = np.stack([rng.uniform(0, 0.15, 4), rng.uniform(0, 2 * np.pi, 4)], 1)
-    color = np.clip(scene.ground["veg"] * rng.uniform(0.8, 1.2), 0, 1)
-    X = float(_side_X(scene, side, a, z))
+    color = np.clip(scene.ground.veg * rng.uniform(0.8, 1.2), 0, 1)
+    X = float(scene.road.side_x(side, a, z))
 
     def draw_bush(cv: Canvas) -> None:
         cam = cv.cam
@@ -670,7 +273,7 @@ def _add_bush(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
         m = (rho < _blob_radius(th, coeffs) + cv.noise.n4[rr, cc] * 0.15) & (v >= 0)
         cv.fill(rr[m], cc[m], tex(color, (cv.noise.n4[rr[m], cc[m]], 0.3), (cv.noise.grain[rr[m], cc[m]], 0.15)), VEG, z)
 
-    scene.items.append(_Item(_LAYER_OBJECT, z, draw_bush))
+    scene.add(Layer.OBJECT, z, _Closure(draw_bush))
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,39 +281,39 @@ def _add_bush(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
 # --------------------------------------------------------------------------------------------
 
 
-def _add_street_furniture(rng: np.random.Generator, scene: _Scene) -> None:
+def _add_street_furniture(rng: np.random.Generator, scene: Scene) -> None:
     for s in scene.sides:
-        side = s["side"]
+        side = s.side
         if rng.random() < 0.85:
             spacing = rng.uniform(12, 35)
             z = rng.uniform(2, spacing)
             lamp = rng.random() < 0.6
-            a_pole = rng.uniform(0.3, 0.8) if s["sw"] > 1.0 else rng.uniform(0.2, 1.0)
+            a_pole = rng.uniform(0.3, 0.8) if s.sw > 1.0 else rng.uniform(0.2, 1.0)
             zend = rng.uniform(50, 110)
             while z < zend:
-                if not _in_side_street(s, z):
+                if not s.in_side_street(z):
                     _add_pole(rng, scene, side, a_pole, z, lamp=lamp)
                 z += spacing * rng.uniform(0.8, 1.2)
         # separate sign posts
         for _ in range(int(rng.poisson(1.5))):
             z = rng.uniform(4, 60)
-            if not _in_side_street(s, z):
+            if not s.in_side_street(z):
                 _add_pole(rng, scene, side, rng.uniform(0.2, 1.0), z, lamp=False, sign_only=True)
         # traffic lights near the side street or the zebra
         ref = None
-        if s["side_street"] is not None:
-            ref = s["side_street"][0] - rng.uniform(0.5, 3)
-        elif scene.ground["zebra"] is not None and rng.random() < 0.7:
-            ref = scene.ground["zebra"] - rng.uniform(0.5, 2)
+        if s.side_street is not None:
+            ref = s.side_street[0] - rng.uniform(0.5, 3)
+        elif scene.ground.zebra is not None and rng.random() < 0.7:
+            ref = scene.ground.zebra - rng.uniform(0.5, 2)
         if ref is not None and ref > 4:
             _add_pole(rng, scene, side, rng.uniform(0.3, 0.8), ref, lamp=False, traffic_light=True)
         for _ in range(int(rng.poisson(0.4))):
             z = rng.uniform(6, 50)
-            if not _in_side_street(s, z):
+            if not s.in_side_street(z):
                 _add_pole(rng, scene, side, rng.uniform(0.3, 0.8), z, lamp=False, traffic_light=True)
 
 
-def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: float, *, lamp: bool,
+def _add_pole(rng: np.random.Generator, scene: Scene, side: int, a: float, z: float, *, lamp: bool,
               sign_only: bool = False, traffic_light: bool = False) -> None:
     height = rng.uniform(2.6, 3.4) if sign_only else (rng.uniform(3.8, 5.0) if traffic_light else rng.uniform(5, 9))
     width = rng.uniform(0.14, 0.28) if not sign_only else rng.uniform(0.08, 0.12)
@@ -728,7 +331,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
         tl = dict(h=height - rng.uniform(0.1, 0.6), lit=int(rng.integers(3)), w=rng.uniform(0.3, 0.42),
                   arm=rng.random() < 0.4, arm_len=rng.uniform(2.5, 5.0))
     lamp_arm = rng.uniform(0.8, 2.0) if lamp else 0.0
-    X = float(_side_X(scene, side, a, z))
+    X = float(scene.road.side_x(side, a, z))
 
     def draw_pole(cv: Canvas) -> None:
         cam = cv.cam
@@ -766,7 +369,7 @@ def _add_pole(rng: np.random.Generator, scene: _Scene, side: int, a: float, z: f
                 _draw_traffic_light(cv, x0 + s * d * tl["arm_len"], y0, s, tl, z)
             _draw_traffic_light(cv, x0, y0, s, tl, z)
 
-    scene.items.append(_Item(_LAYER_OBJECT, z, draw_pole))
+    scene.add(Layer.OBJECT, z, _Closure(draw_pole))
 
 
 def _draw_sign(cv: Canvas, x0, y0, s, sign: dict, z: float) -> None:
@@ -824,22 +427,22 @@ def _draw_traffic_light(cv: Canvas, x0, y0, s, tl: dict, z: float) -> None:
     cv.fill(rr, cc, col, LIGHT, z - 0.05)
 
 
-def _add_clutter(rng: np.random.Generator, scene: _Scene) -> None:
+def _add_clutter(rng: np.random.Generator, scene: Scene) -> None:
     """Unlabelled street objects (bins, bollards, boxes): void, as Cityscapes' 'static' class."""
     for s in scene.sides:
-        if s["sw"] <= 0.8:
+        if s.sw <= 0.8:
             continue
         for _ in range(int(rng.poisson(0.8))):
             z = rng.uniform(4, 40)
-            if _in_side_street(s, z):
+            if s.in_side_street(z):
                 continue
-            a = rng.uniform(0.4, s["sw"] - 0.3)
+            a = rng.uniform(0.4, s.sw - 0.3)
             kind = rng.choice(["bin", "bollard", "box"])
             w = {"bin": 0.6, "bollard": 0.15, "box": 0.9}[kind] * rng.uniform(0.8, 1.2)
             h = {"bin": 1.0, "bollard": 0.9, "box": 1.3}[kind] * rng.uniform(0.8, 1.2)
             col = jitter(rng, rgb(*[(60, 70, 60), (90, 90, 95), (110, 95, 70), (50, 50, 55)][rng.integers(4)]), 12)
-            X = float(_side_X(scene, s["side"], a, z))
-            scene.items.append(_Item(_LAYER_OBJECT, z, _box_drawer(X, z, w, h, col, VOID)))
+            X = float(scene.road.side_x(s.side, a, z))
+            scene.add(Layer.OBJECT, z, _Closure(_box_drawer(X, z, w, h, col, VOID)))
 
 
 def _box_drawer(X, z, w, h, col, label):
@@ -861,7 +464,7 @@ def _box_drawer(X, z, w, h, col, label):
 # --------------------------------------------------------------------------------------------
 
 
-def _add_vehicles(rng: np.random.Generator, scene: _Scene) -> None:
+def _add_vehicles(rng: np.random.Generator, scene: Scene) -> None:
     road = scene.road
     n_lanes = max(1, int(round(2 * road.rw / 3.2)))
     lane_w = 2 * road.rw / n_lanes
@@ -885,11 +488,11 @@ def _add_vehicles(rng: np.random.Generator, scene: _Scene) -> None:
     # parked cars along the kerbs
     for s in scene.sides:
         if rng.random() < (0.2 if scene.obstacle_mode else 0.45):
-            d = s["side"] * (road.rw - rng.uniform(1.0, 1.3))
+            d = s.side * (road.rw - rng.uniform(1.0, 1.3))
             z = rng.uniform(3, 20)
             zend = rng.uniform(30, 90)
             while z < zend:
-                if not _in_side_street(s, z) and rng.random() < 0.8:
+                if not s.in_side_street(z) and rng.random() < 0.8:
                     v = _make_vehicle(rng, truck=rng.random() < 0.05)
                     _add_vehicle(scene, v, d, z, front=False)
                     z += v["length"] + rng.uniform(0.5, 3)
@@ -908,7 +511,7 @@ def _make_vehicle(rng: np.random.Generator, *, truck: bool) -> dict:
                 seed=int(rng.integers(1 << 30)))
 
 
-def _add_vehicle(scene: _Scene, v: dict, d: float, z: float, *, front: bool) -> None:
+def _add_vehicle(scene: Scene, v: dict, d: float, z: float, *, front: bool) -> None:
     road = scene.road
     label = TRUCK if v["truck"] else CAR
 
@@ -943,7 +546,7 @@ def _add_vehicle(scene: _Scene, v: dict, d: float, z: float, *, front: bool) -> 
             c, m = _vehicle_end_colors(cv, v, rr, cc, u, Y, front)
             cv.fill(rr[m], cc[m], c[m], label, z)
 
-    scene.items.append(_Item(_LAYER_OBJECT, z, draw_vehicle))
+    scene.add(Layer.OBJECT, z, _Closure(draw_vehicle))
 
 
 def _vehicle_end_colors(cv, v, rr, cc, u, Y, front):
@@ -1040,23 +643,23 @@ def _seg_dist(u, v, p, q):
     return np.hypot(u - px - t * dx, v - py - t * dy)
 
 
-def _add_people(rng: np.random.Generator, scene: _Scene) -> None:
+def _add_people(rng: np.random.Generator, scene: Scene) -> None:
     road = scene.road
     for s in scene.sides:
-        if s["sw"] < 1.0:
+        if s.sw < 1.0:
             n = int(rng.poisson(0.5))
         else:
             n = int(rng.poisson(rng.uniform(1.0, 5.0)))
         for _ in range(n):
             z = rng.uniform(3.5, 40) if rng.random() < 0.7 else rng.uniform(3.5, 20)
-            a = rng.uniform(0.4, max(0.5, s["sw"] - 0.3)) if s["sw"] > 0 else rng.uniform(0.3, 2.0)
+            a = rng.uniform(0.4, max(0.5, s.sw - 0.3)) if s.sw > 0 else rng.uniform(0.3, 2.0)
             group = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
             for g in range(group):
-                _add_person(rng, scene, float(_side_X(scene, s["side"], a + 0.5 * g * rng.uniform(-1, 1), z)), z + g * rng.uniform(0.3, 1.2))
+                _add_person(rng, scene, float(scene.road.side_x(s.side, a + 0.5 * g * rng.uniform(-1, 1), z)), z + g * rng.uniform(0.3, 1.2))
     # crossing pedestrians on the zebra / road
-    if scene.ground["zebra"] is not None:
+    if scene.ground.zebra is not None:
         for _ in range(int(rng.poisson(1.5))):
-            z = scene.ground["zebra"] + rng.uniform(0.3, 3.2)
+            z = scene.ground.zebra + rng.uniform(0.3, 3.2)
             d = rng.uniform(-road.rw + 0.5, road.rw - 0.5)
             _add_person(rng, scene, float(road.center(z) + d), z, walking_side=True)
 
@@ -1130,7 +733,7 @@ def _draw_person(cv: Canvas, x0, y0, s, P: dict, z: float) -> None:
     cv.fill(rr[m], cc[m], col[m], PERSON, z)
 
 
-def _add_person(rng: np.random.Generator, scene: _Scene, X: float, z: float, *, walking_side: bool | None = None) -> None:
+def _add_person(rng: np.random.Generator, scene: Scene, X: float, z: float, *, walking_side: bool | None = None) -> None:
     height = rng.uniform(1.55, 1.95) if rng.random() < 0.9 else rng.uniform(1.1, 1.4)
     side_view = bool(rng.random() < 0.35) if walking_side is None else walking_side
     P = _person_parts(rng, height, side_view)
@@ -1139,7 +742,7 @@ def _add_person(rng: np.random.Generator, scene: _Scene, X: float, z: float, *, 
         x0, y0 = cv.cam.project(X, 0.0, z)
         _draw_person(cv, x0, y0, cv.cam.f / z, P, z)
 
-    scene.items.append(_Item(_LAYER_OBJECT, z, draw_p))
+    scene.add(Layer.OBJECT, z, _Closure(draw_p))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1147,7 +750,7 @@ def _add_person(rng: np.random.Generator, scene: _Scene, X: float, z: float, *, 
 # --------------------------------------------------------------------------------------------
 
 
-def _add_ego(rng: np.random.Generator, scene: _Scene) -> None:
+def _add_ego(rng: np.random.Generator, scene: Scene) -> None:
     if rng.random() > 0.85:
         return
     frac = rng.uniform(0.05, 0.12)
@@ -1166,7 +769,7 @@ def _add_ego(rng: np.random.Generator, scene: _Scene) -> None:
         cv.lab[rr, cc] = VOID
         cv.ood[rr, cc] = 0
 
-    scene.items.append(_Item(_LAYER_EGO, 0.0, draw_ego))
+    scene.add(Layer.EGO, 0.0, _Closure(draw_ego))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1286,7 +889,7 @@ class _OoDObject:
         cv.fill(rr, cc, col, VOID, self.z, ood=1)
 
 
-def _place_obstacles(rng: np.random.Generator, scene: _Scene, clean_label: np.ndarray) -> list[_OoDObject]:
+def _place_obstacles(rng: np.random.Generator, scene: Scene, clean_label: np.ndarray) -> list[_OoDObject]:
     """1-2 small unknown objects lying on the road, wholly over road pixels of the clean scene."""
     cam, road = scene.cam, scene.road
     out: list[_OoDObject] = []
@@ -1312,7 +915,7 @@ def _place_obstacles(rng: np.random.Generator, scene: _Scene, clean_label: np.nd
     return out
 
 
-def _anomaly_candidates(rng: np.random.Generator, scene: _Scene) -> _OoDObject:
+def _anomaly_candidates(rng: np.random.Generator, scene: Scene) -> _OoDObject:
     cam, road = scene.cam, scene.road
     z = rng.uniform(5, 40)
     large = rng.random() < 0.6
@@ -1323,7 +926,7 @@ def _anomaly_candidates(rng: np.random.Generator, scene: _Scene) -> _OoDObject:
         d = rng.uniform(-road.rw, road.rw)
     else:
         side = rng.choice([-1, 1])
-        sw = scene.sides[0 if side < 0 else 1]["sw"]
+        sw = scene.sides[0 if side < 0 else 1].sw
         d = side * (road.rw + rng.uniform(0, sw + 3))
     lift = rng.uniform(2, 8) if rng.random() < 0.12 else 0.0
     return _OoDObject(X=float(road.center(z) + d), z=z, w=w, h=h, shape=_ood_shape(rng, large=True),
@@ -1335,29 +938,29 @@ def _anomaly_candidates(rng: np.random.Generator, scene: _Scene) -> _OoDObject:
 # --------------------------------------------------------------------------------------------
 
 
-def _render(scene: _Scene, extra: Sequence[_Item] = (), noise=None):
+def _render(scene: Scene, extra: Sequence[DrawItem] = (), noise=None):
     noise = noise_fields(scene.noise_seed, (scene.cam.H, scene.cam.W)) if noise is None else noise
     cv = Canvas(scene.cam, noise, scene.sky_horizon, scene.visibility)
     items = list(scene.items) + [
-        _Item(it.layer, it.depth, it.draw, seq=len(scene.items) + i) for i, it in enumerate(extra)
+        DrawItem(it.layer, it.depth, it.thing, seq=len(scene.items) + i) for i, it in enumerate(extra)
     ]
     for it in sorted(items, key=lambda it: (it.layer, -it.depth, it.seq)):
-        it.draw(cv)
+        it.thing.draw(cv)
     return cv.img, cv.lab, cv.ood
 
 
-def _postprocess(img: np.ndarray, post: dict, rng: np.random.Generator) -> np.ndarray:
+def _postprocess(img: np.ndarray, post: PostFX, rng: np.random.Generator) -> np.ndarray:
     """Exposure, gamma, white balance, saturation, vignette, blur, sensor noise; returns uint8."""
     H, W, _ = img.shape
-    x = img * post["exposure"] * post["wb"][None, None, :].astype(np.float32)
+    x = img * post.exposure * post.wb[None, None, :].astype(np.float32)
     gray = x.mean(axis=2, keepdims=True)
-    x = gray + (x - gray) * post["saturation"]
-    x = np.clip(x, 0, 1) ** post["gamma"]
+    x = gray + (x - gray) * post.saturation
+    x = np.clip(x, 0, 1) ** post.gamma
     yy, xx = np.mgrid[0:H, 0:W]
     r2 = ((yy - H / 2) / (H / 2)) ** 2 + ((xx - W / 2) / (W / 2)) ** 2
-    x = x * (1 - post["vignette"] * 0.25 * r2)[..., None].astype(np.float32)
-    x = ndimage.gaussian_filter(x, sigma=(post["blur"], post["blur"], 0), truncate=3.0)
-    x = x + rng.standard_normal(x.shape).astype(np.float32) * post["noise"]
+    x = x * (1 - post.vignette * 0.25 * r2)[..., None].astype(np.float32)
+    x = ndimage.gaussian_filter(x, sigma=(post.blur, post.blur, 0), truncate=3.0)
+    x = x + rng.standard_normal(x.shape).astype(np.float32) * post.noise
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -1427,7 +1030,7 @@ def generate_frame(seed: int, split: str, index: int, size: tuple[int, int] = DE
     orng = frame_rng(seed, split, index, "ood")
     if track == "obstacle":
         objects = _place_obstacles(orng, scene, lab)
-        ood_img, ood_lab, mask = _render(scene, [_Item(_LAYER_OBJECT, o.z, o.draw) for o in objects], noise=noise)
+        ood_img, ood_lab, mask = _render(scene, [DrawItem(Layer.OBJECT, o.z, o) for o in objects], noise=noise)
     else:
         n_obj = 1 if orng.random() < 0.65 else int(orng.integers(2, 4))
         objects = []
@@ -1435,7 +1038,7 @@ def generate_frame(seed: int, split: str, index: int, size: tuple[int, int] = DE
             for attempt in range(12):
                 cand = _anomaly_candidates(orng, scene)
                 trial = objects + [cand]
-                ood_img, ood_lab, mask = _render(scene, [_Item(_LAYER_OBJECT, o.z, o.draw) for o in trial], noise=noise)
+                ood_img, ood_lab, mask = _render(scene, [DrawItem(Layer.OBJECT, o.z, o) for o in trial], noise=noise)
                 # every object must stay visible enough (SMIYC voids components < 100 px in this track)
                 ok = all(_visible(o, scene.cam, mask) >= 150 for o in trial)
                 if ok:
@@ -1446,7 +1049,7 @@ def generate_frame(seed: int, split: str, index: int, size: tuple[int, int] = DE
             z = float(orng.uniform(7, 10))
             objects = [_OoDObject(X=float(scene.road.center(z)), z=z, w=2.5, h=2.0, shape=cand.shape,
                                   pattern=cand.pattern)]
-        ood_img, ood_lab, mask = _render(scene, [_Item(_LAYER_OBJECT, o.z, o.draw) for o in objects], noise=noise)
+        ood_img, ood_lab, mask = _render(scene, [DrawItem(Layer.OBJECT, o.z, o) for o in objects], noise=noise)
     obj = mask.astype(bool)
     if track == "obstacle":
         ood = np.full((H, W), VOID, np.uint8)

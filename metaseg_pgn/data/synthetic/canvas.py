@@ -109,6 +109,12 @@ class Canvas:
         rr, cc = np.mgrid[r0:r1 + 1, c0:c1 + 1]
         return rr.ravel(), cc.ravel()
 
+    def upright(self, X: float, z: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Image position ``(x0, y0)`` of the ground point at lateral ``X``, depth ``z``, and the
+        scale ``s`` (pixels per metre) of an upright object standing there."""
+        x0, y0 = self.cam.project(X, 0.0, z)
+        return x0, y0, self.cam.f / z
+
     def local(self, x0: float, y0: float, s: float, u0: float, u1: float, v0: float, v1: float):
         """Pixels of the box ``u in [u0, u1]``, ``v in [v0, v1]`` (metres) of an upright object.
 

@@ -65,8 +65,11 @@ def test_pins_cover_both_splits_both_tracks_and_the_default_size():
     assert any(tuple(p["size"]) == (256, 512) for p in PINS["frames"])
 
 
-@pytest.mark.parametrize("spec", PINS["frames"], ids=lambda p: f"{p['kind']}{p['index']}-{p['size'][0]}x{p['size'][1]}"
-                         f"-seed{p['seed']}")
+def pin_id(spec: dict) -> str:
+    return f"{spec['kind']}{spec['index']}-{spec['size'][0]}x{spec['size'][1]}-seed{spec['seed']}"
+
+
+@pytest.mark.parametrize("spec", PINS["frames"], ids=pin_id)
 def test_generated_frame_bytes_are_pinned(spec):
     arrays = frame_arrays(spec)
     H, W = spec["size"]
@@ -77,6 +80,6 @@ def test_generated_frame_bytes_are_pinned(spec):
     assert set(arrays) == set(spec["sha256"])
     changed = sorted(name for name, array in arrays.items() if sha256(array) != spec["sha256"][name])
     assert not changed, (
-        f"frame {spec['kind']}_{spec['index']:06d} {spec['size']} seed {spec['seed']} changed in {changed}. The pins were recorded with {PINS['recorded_with']}, "
+        f"frame {pin_id(spec)} changed in {changed}. The pins were recorded with {PINS['recorded_with']}, "
         f"this run has {versions()}: if these differ, re-record after checking the frames by eye; "
         f"otherwise the generator's output (or the order of its random draws) changed.")

@@ -257,9 +257,12 @@ class LongStructure:
         return col, alpha.astype(np.float32)
 
 
+_FENCE_COLORS = [(70, 75, 80), (40, 45, 45), (130, 110, 85), (150, 150, 150), (95, 80, 70)]
+
+
 def _long_color(rng: np.random.Generator, kind: str, scene: Scene) -> np.ndarray:
     if kind == "fence":
-        return jitter(rng, rgb(*[(70, 75, 80), (40, 45, 45), (130, 110, 85), (150, 150, 150), (95, 80, 70)][rng.integers(5)]), 12)
+        return jitter(rng, rgb(*_FENCE_COLORS[rng.integers(5)]), 12)
     return np.clip(scene.ground.veg * rng.uniform(0.8, 1.2), 0, 1)
 
 

@@ -42,9 +42,9 @@ class Sign:
         rho = np.hypot(du, dv)
         if kind in ("circle_red", "circle_blue"):
             m = rho <= 1.0
-            inner = rho < 0.72
-            col = np.where(inner[:, None], white if kind == "circle_red" else blue, red if kind == "circle_red" else white)
-            if kind == "circle_blue":
+            if kind == "circle_red":
+                col = np.where((rho < 0.72)[:, None], white, red)
+            else:
                 col = np.where((rho < 0.9)[:, None], blue, white)
         elif kind == "triangle":
             m = (dv >= -0.8) & (dv <= 1.0) & (np.abs(du) <= (1.0 - dv) * 0.6)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .camera import Camera, Road
-from .canvas import DrawItem
+from .canvas import Drawable, DrawItem, Layer
 
 if TYPE_CHECKING:
     from .buildings import Building
@@ -140,6 +140,6 @@ class Scene:
     post: PostFX | None = None
     obstacle_mode: bool = False
 
-    def add(self, layer, depth: float, thing) -> None:
+    def add(self, layer: Layer, depth: float, thing: Drawable) -> None:
         """Append ``thing`` to the draw list (its ``seq`` is its position)."""
         self.items.append(DrawItem(layer, depth, thing, seq=len(self.items)))

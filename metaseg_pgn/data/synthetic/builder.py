@@ -67,6 +67,7 @@ def build_scene(rng: np.random.Generator, H: int, W: int, *, obstacle_mode: bool
 
 
 def _camera_and_road(rng: np.random.Generator, H: int, W: int) -> tuple[Camera, Road]:
+    """Focal length, horizon, vanishing point, camera height; road width, curvature, offset."""
     f = W * rng.uniform(0.95, 1.25)
     cam = Camera(H=H, W=W, f=f, yh=H * rng.uniform(0.34, 0.5), xv=W * rng.uniform(0.4, 0.6),
                  hc=rng.uniform(1.3, 1.75))
@@ -93,6 +94,7 @@ def _sky(rng: np.random.Generator) -> tuple[bool, np.ndarray, np.ndarray, float]
 
 
 def _ground_style(rng: np.random.Generator, overcast: bool) -> GroundStyle:
+    """Road, sidewalk, terrain and vegetation colours, markings, the sun's side and shadows, textures."""
     road_gray = rng.uniform(70, 125)
     road_col = rgb(road_gray, road_gray + rng.uniform(-2, 4), road_gray + rng.uniform(0, 8))
     sw_delta = rng.uniform(8, 70) if rng.random() < 0.85 else rng.uniform(-15, 8)

@@ -261,6 +261,7 @@ _FENCE_COLORS = [(70, 75, 80), (40, 45, 45), (130, 110, 85), (150, 150, 150), (9
 
 
 def _long_color(rng: np.random.Generator, kind: str, scene: Scene) -> np.ndarray:
+    """A fence's paint (one of five, jittered) or a hedge's green (the scene's vegetation, scaled)."""
     if kind == "fence":
         return jitter(rng, rgb(*_FENCE_COLORS[rng.integers(5)]), 12)
     return np.clip(scene.ground.veg * rng.uniform(0.8, 1.2), 0, 1)

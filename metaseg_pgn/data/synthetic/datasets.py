@@ -24,6 +24,7 @@ OOD_DEFAULT_N = 30
 
 
 def _check_size(size) -> tuple[int, int]:
+    """``(H, W)`` as ints, at least 8 x 8, or a :class:`DataError` naming the bad value."""
     try:
         h, w = (int(s) for s in size)
     except (TypeError, ValueError):

@@ -183,6 +183,8 @@ _POLE_COLORS = [(150, 150, 150), (110, 110, 110), (60, 70, 65), (40, 40, 40), (1
 
 def _add_pole(rng: np.random.Generator, scene: Scene, side: int, a: float, z: float, *, lamp: bool,
               sign_only: bool = False, traffic_light: bool = False) -> None:
+    """Draw a :class:`Pole` (a lamp post with ``lamp``, a short sign post with ``sign_only``, a
+    traffic-light post with ``traffic_light``; other poles carry a sign 35 % of the time) and add it."""
     height = rng.uniform(2.6, 3.4) if sign_only else (rng.uniform(3.8, 5.0) if traffic_light else rng.uniform(5, 9))
     width = rng.uniform(0.14, 0.28) if not sign_only else rng.uniform(0.08, 0.12)
     color = jitter(rng, rgb(*_POLE_COLORS[rng.integers(5)]), 10)

@@ -205,6 +205,7 @@ def place_obstacles(rng: np.random.Generator, scene: Scene, clean_label: np.ndar
 
 
 def _anomaly_candidate(rng: np.random.Generator, scene: Scene) -> OoDObject:
+    """One candidate anomaly 5-40 m ahead: on the road or beside it, 60 % large, 12 % floating."""
     road = scene.road
     z = rng.uniform(5, 40)
     large = rng.random() < 0.6

@@ -116,6 +116,8 @@ class Person:
 
 def _add_person(rng: np.random.Generator, scene: Scene, X: float, z: float, *,
                 walking_side: bool | None = None) -> None:
+    """Draw a :class:`Person` (10 % children) at ``(X, z)`` and add it; ``walking_side`` fixes the
+    view (crossing pedestrians are seen from the side), else 35 % are."""
     height = rng.uniform(1.55, 1.95) if rng.random() < 0.9 else rng.uniform(1.1, 1.4)
     side_view = bool(rng.random() < 0.35) if walking_side is None else walking_side
     scene.add(Layer.OBJECT, z, Person(X, z, make_look(rng, height, side_view)))

@@ -103,6 +103,7 @@ def add_vegetation(rng: np.random.Generator, scene: Scene) -> None:
 
 
 def _add_tree(rng: np.random.Generator, scene: Scene, side: int, a: float, z: float) -> None:
+    """Draw a :class:`Tree` ``a`` metres beyond the kerb on ``side`` at depth ``z`` and add it."""
     trunk_h = rng.uniform(1.8, 3.2)
     R = rng.uniform(1.2, 3.2)
     crown_h = R * rng.uniform(1.3, 2.2)
@@ -116,6 +117,7 @@ def _add_tree(rng: np.random.Generator, scene: Scene, side: int, a: float, z: fl
 
 
 def _add_bush(rng: np.random.Generator, scene: Scene, side: int, a: float, z: float) -> None:
+    """Draw a :class:`Bush` ``a`` metres beyond the kerb on ``side`` at depth ``z`` and add it."""
     R = rng.uniform(0.5, 1.5)
     h = R * rng.uniform(0.8, 1.4)
     coeffs = np.stack([rng.uniform(0, 0.15, 4), rng.uniform(0, 2 * np.pi, 4)], 1)

@@ -525,19 +525,23 @@ def model_choice(overrides: list[str], config_dir: str | Path | None = None) -> 
 
 
 def rewrite_model_kwargs(overrides: list[str], config_dir: str | Path | None = None) -> list[str]:
-    """``model.num_classes=19`` → ``++model.num_classes=19`` when the model is ``custom``.
+    """Overrides that add to the user's own mappings get Hydra's ``++`` (add or override).
 
-    Hydra adds a new key only with a ``+``; a custom model's keyword arguments are new keys by
-    nature, and :func:`validate` checks them against the target's signature instead.
+    Hydra adds a new key only with a ``+``. A custom model's keyword arguments
+    (``model.num_classes=19`` with ``model=custom``) and the names of custom feature sets
+    (``meta.custom_feature_sets.mine=[...]``) are new keys by nature; :func:`validate` checks the
+    model's against the target's signature instead.
     """
-    known = {f.name for f in fields(CustomModel)}
-    candidates = [i for i, o in enumerate(overrides)
-                  if re.match(r"model\.([A-Za-z_][A-Za-z0-9_]*)=", o) and o[6:].split("=", 1)[0] not in known]
-    if not candidates or model_choice(overrides, config_dir) != "custom":
-        return overrides
     out = list(overrides)
-    for i in candidates:
-        out[i] = "++" + out[i]
+    for i, o in enumerate(out):
+        if re.match(r"meta\.custom_feature_sets\.[A-Za-z0-9_]+=", o):
+            out[i] = "++" + o
+    known = {f.name for f in fields(CustomModel)}
+    candidates = [i for i, o in enumerate(out)
+                  if re.match(r"model\.([A-Za-z_][A-Za-z0-9_]*)=", o) and o[6:].split("=", 1)[0] not in known]
+    if candidates and model_choice(out, config_dir) == "custom":
+        for i in candidates:
+            out[i] = "++" + out[i]
     return out
 
 

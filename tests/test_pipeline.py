@@ -105,8 +105,9 @@ def assert_same_records(run_a: Path, run_b: Path) -> None:
 
 
 def temp_files(root: Path) -> list[str]:
-    """Leftovers of atomic writes (``.NAME.XXXX.tmp``)."""
-    return [str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+    """Leftovers of atomic writes (``.NAME.XXXX.tmp``); Hydra's saved configuration (``.hydra/``) is not one."""
+    return [str(p) for p in root.rglob("*")
+            if p.name.endswith(".tmp") or (p.name.startswith(".") and p.name != ".hydra")]
 
 
 def table_path(run: Path) -> Path:
@@ -545,7 +546,7 @@ def test_meta_bad_feature_sets_are_one_line_errors(tmp_path, capsys):
     run = tmp_path / "run"
     run_pipeline(compose(run, n=3, stage="[infer,features]"))
     for override, named in (("meta.feature_sets=[nosuch]", "'nosuch'"),
-                            ("meta.custom_feature_sets.mine=[E_(]", "'mine'"),
+                            ("meta.custom_feature_sets.mine=['E_(']", "'mine'"),
                             ("meta.feature_sets=[metaseg,ensemble]", "'ensemble'")):  # no ensemble maps
         assert main(overrides(run, override, n=3, stage="meta")) == 2, override
         err = capsys.readouterr().err.strip()

@@ -47,6 +47,8 @@ Resolution ``"input"`` (the exact option, which resizes the patches) stays float
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import threading
@@ -58,6 +60,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 try:  # float32 log/exp on the CPU (see _chunk_power_sums)
     import numpy as _np
@@ -89,6 +92,19 @@ RESOLUTIONS = ("feature", "input")
 # Size budget of the largest per-chunk tensor (the bilinearly resized unfolded patches) in
 # resolution "input"; the elementwise passes over it hold two or three tensors of this size.
 _CHUNK_BYTES = 256 * 2**20
+
+
+def _outside_autocast(fn):
+    """Run ``fn`` with autocast off (CPU and CUDA): the maps' own matrix products and sums must
+    stay in float32/float64 whatever precision the model's forward ran in (module notes)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for device in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,6 +291,7 @@ def label_vectors(probs: Tensor, label: str, weights: str = "paper") -> Tensor:
     return probs * ((c - 1) / c) if weights == "paper" else probs - 1.0 / c
 
 
+@_outside_autocast
 def patch_power_sums(
     psi: Tensor,
     geometry: ConvGeometry | nn.Conv2d,
@@ -319,6 +336,7 @@ def _patch_sums(psi: Tensor, geometry: ConvGeometry, ps: Sequence[float], includ
     return sums.add_(1.0) if include_bias else sums
 
 
+@_outside_autocast
 def resize_maps(
     maps: Mapping[str, Tensor], size: tuple[int, int], align_corners: bool = False
 ) -> dict[str, Tensor]:
@@ -352,6 +370,7 @@ def resize_maps(
 # the maps
 
 
+@_outside_autocast
 def last_layer_pgn(
     psi: Tensor,
     logits: Tensor,
@@ -437,6 +456,7 @@ def last_layer_pgn(
     return maps if output_size is None else resize_maps(maps, output_size, align_corners)
 
 
+@_outside_autocast
 def deeper_layer_pgn(
     psi_prev: Tensor,
     conv_prev: nn.Conv2d | ConvGeometry,
@@ -451,6 +471,7 @@ def deeper_layer_pgn(
     include_bias: bool | None = None,
     output_size: tuple[int, int] | None = None,
     align_corners: bool = False,
+    clip: float | None = None,
 ) -> dict[str, Tensor]:
     """PGN of the penultimate convolution in ``logits = conv_last(relu(bn(conv_prev(psi_prev))))``.
 
@@ -467,9 +488,11 @@ def deeper_layer_pgn(
     conv_prev : nn.Conv2d or ConvGeometry
         The penultimate conv (κ' → κ channels).
     bn : nn.BatchNorm2d or None
-        The BatchNorm between ``conv_prev`` and the ReLU, in eval mode; None when there is none.
+        The BatchNorm between ``conv_prev`` and the ReLU, in eval mode; None when there is none
+        (any ``torch.nn.modules.batchnorm._BatchNorm``, e.g. SyncBatchNorm, is accepted).
     psi : Tensor, shape (B, κ, h, w)
-        ``relu(bn(u))``, the input of ``conv_last`` (its positive entries give the ReLU mask).
+        ``relu(bn(u))``, the input of ``conv_last`` (its positive entries give the ReLU mask), or
+        ``clamp(bn(u), 0, clip)`` with ``clip`` given.
     logits : Tensor, shape (B, C, h, w)
         Output of ``conv_last``.
     conv_last : nn.Conv2d
@@ -481,6 +504,9 @@ def deeper_layer_pgn(
     output_size : (H, W) or None
         Resize the maps bilinearly to this size (the maps are defined at the feature resolution).
     align_corners : bool
+    clip : float or None
+        The activation's upper clip (6 for ReLU6): the mask is then ``1[0 < ψ < clip]``, where
+        the clamp's derivative is 1. None: a ReLU, mask ``1[ψ > 0]``.
 
     Returns
     -------
@@ -512,6 +538,9 @@ def deeper_layer_pgn(
     ps, labels = _check_ps(ps), _check_labels(labels)
     _check_weights(weights)
     include_bias = _resolve_bias(include_bias, prev.has_bias)
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, Real) or not math.isfinite(clip)
+                             or clip <= 0):
+        raise ValueError(f"clip must be None or a finite number > 0, got {clip!r}")
     _check_conv_io(psi, logits, last)
     _check_activations(psi_prev=psi_prev, finite=False)
     psi_prev, psi, logits = psi_prev.detach(), psi.detach(), logits.detach()
@@ -534,7 +563,7 @@ def deeper_layer_pgn(
                                         _work_dtype(psi_prev), psi_prev.device)
     found = {}
     _run_tasks([lambda: found.update(_label_parts(logits, ps, labels, weights, vectors=True)),
-                lambda: found.update(mask=_relu_mask(psi, dtype))] + tasks, psi.device)
+                lambda: found.update(mask=_relu_mask(psi, dtype, clip))] + tasks, psi.device)
     mask = found.pop("mask")
     deltas = {}
     tasks = []
@@ -993,11 +1022,15 @@ def _delta_source(kernel_t: Tensor, vec: Tensor, mask: Tensor):
     return source
 
 
-def _relu_mask(psi: Tensor, dtype: torch.dtype) -> Tensor:
+def _relu_mask(psi: Tensor, dtype: torch.dtype, clip: float | None = None) -> Tensor:
     """``1[ψ > 0]`` in ``dtype``: sign(ψ) (several times faster than a comparison), clamped only
-    when ψ has negative entries."""
+    when ψ has negative entries; with ``clip`` also 0 where ``ψ >= clip`` (a clamped activation)."""
     mask = torch.sign(psi.to(dtype))
-    return mask if bool(psi.amin() >= 0) else mask.clamp_min_(0.0)
+    if not bool(psi.amin() >= 0):
+        mask.clamp_min_(0.0)
+    if clip is not None:
+        mask.mul_(psi < clip)
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1108,7 +1141,7 @@ def _bn_scale(bn: nn.BatchNorm2d | None, channels: int) -> Tensor:
     """γ / sqrt(running_var + eps) as float64 (ones without a BatchNorm)."""
     if bn is None:
         return torch.ones(channels, dtype=torch.float64)
-    if not isinstance(bn, nn.BatchNorm2d):
+    if not isinstance(bn, _BatchNorm):
         raise TypeError(f"bn must be an nn.BatchNorm2d or None, got {type(bn).__name__}")
     if bn.training or bn.running_var is None:
         raise ValueError(

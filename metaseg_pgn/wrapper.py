@@ -1,41 +1,55 @@
-"""``PGNModel``: wrap any segmentation ``nn.Module`` once and get its PGN maps with every forward.
+"""``PGNModel``: wrap a segmentation model once and get its PGN maps with every forward.
 
 The wrapper runs the model once under ``torch.no_grad`` with forward hooks on its convolutions,
-finds the last convolution (the one whose output, possibly bilinearly resized, is the model
-output), and computes the maps of :mod:`metaseg_pgn.pgn` from that conv's input ψ and output z.
-With ``deeper=True`` it also finds ``conv_prev → BatchNorm2d (eval) → ReLU → [Dropout] → conv_last``
-and checks it numerically before computing the deeper-layer maps.
+picks the logits from whatever the model returns (:func:`metaseg_pgn.outputs.select_logits`),
+finds the last convolution (the one whose output, possibly bilinearly resized, is the logits) and
+computes the maps of :mod:`metaseg_pgn.pgn` from that conv's input ψ and output z. With
+``deeper=True`` it also finds ``conv_prev → BatchNorm (eval) → ReLU/ReLU6 → [eval Dropout] →
+conv_last`` for the deeper-layer maps.
+
+Every call checks, on every pixel, what the factorisation assumes (:mod:`metaseg_pgn.verify`):
+the last conv's output is the plain convolution of its own weight and bias, the logits are that
+output (resized), and for the deeper layer the pointwise chain and the previous conv. A model that
+does not satisfy them is refused with the reason; nothing is assumed from the first call.
+
+Mixed precision: the model may run under ``torch.autocast``; the checks and the maps run outside
+it, in float32 (float64 for float64 models), from the captured tensors as the convs read them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+import functools
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
 
+from .outputs import Output, check_output_selector, select_logits
 from .pgn import (
     LABELS,
     PGN_PS,
     RESOLUTIONS,
     ConvGeometry,
+    _all_finite,
     _check_labels,
     _check_ps,
-    _all_finite,
     _check_weights,
-    _linear_taps,
-    _resize_cols,
-    _resize_rows,
     deeper_layer_pgn,
     last_layer_pgn,
     resize_maps,
 )
+from .verify import activation_mismatch, conv_mismatch, resize_mismatch
 
 __all__ = ["PGNModel", "PGNOutput", "argmax_channels"]
+
+#: Random projections of the previous conv's output channels checked per call (deeper layer): its
+#: recomputation costs this many output channels instead of all (see metaseg_pgn.verify).
+PREV_CONV_PROJECTIONS = 2
+#: Candidate pairs of C-channel convs tried when explaining a refused output (lraspp's sum).
+_PAIR_CANDIDATES = 6
 
 
 @dataclass
@@ -45,7 +59,7 @@ class PGNOutput:
     Attributes
     ----------
     logits : Tensor, shape (B, C, H, W)
-        The model output (``out["out"]`` for a dict output), model dtype.
+        The model's logits (picked by the wrapper's ``output`` selector), model dtype.
     feature_logits : Tensor, shape (B, C, h, w)
         The last conv's output z (equal to ``logits`` when the model does not resize).
     maps : dict of str to Tensor, float64
@@ -117,6 +131,8 @@ def argmax_channels(y: Tensor, chunk_elems: int = 2**22) -> Tensor:
     return out
 
 
+
+
 @dataclass
 class _Call:
     """One hooked module call: the module's name, the module, its first input and its output."""
@@ -133,18 +149,26 @@ class PGNModel(nn.Module):
 
     Parameters
     ----------
-    model : nn.Module
-        Maps (B, 3, H, W) to logits (B, C, H, W) or to a dict with key ``"out"``; its last
-        operation must be a ``Conv2d`` with C out-channels, optionally followed by a bilinear resize.
-        The wrapper does not change its train/eval mode (the deeper layer needs eval mode).
-    last_conv : str or None
-        Qualified name of the last conv in ``model.named_modules()``. None takes the model's own
-        ``last_conv_name`` attribute when it names a ``Conv2d`` (the project's DeepLabV3+ has one),
-        else finds the conv on the first call (keeping every conv's input and output alive during
-        that call) and remembers its name. Either way the first call checks that the model output is
-        that conv's output (bilinearly resized) on 17 rows, later calls on 3 rows.
+    model : nn.Module or callable
+        Maps an image batch (B, 3, H, W) to its logits, as a tensor or inside what it returns (see
+        ``output``); the logits must be the output of a ``Conv2d`` with C out-channels, optionally
+        bilinearly resized. A plain callable (``lambda x: net(pixel_values=x).logits``) works too:
+        its convolutions are then found by a global forward hook during each call, and the modules
+        are named from the nn.Modules it is bound to or closes over (else ``TypeName#id``). The
+        wrapper does not change the train/eval mode (the deeper layer needs eval mode).
+    last_conv : str, nn.Conv2d or None
+        The last conv, by qualified name in ``model.named_modules()`` or as the module itself. None
+        takes the model's own ``last_conv_name`` attribute when it names a ``Conv2d`` (the
+        project's DeepLabV3+ has one), else the first call finds it (keeping every conv's input
+        and output alive during that call) and remembers it.
+    output : None, str, int or callable
+        Where the logits are in the model's return value: None tries the tensor itself, key
+        ``'out'`` then ``'logits'`` of a dict (torchvision, HuggingFace), attribute ``logits``;
+        a str is a key or attribute, an int an index of a tuple, a callable picks them
+        (:func:`metaseg_pgn.outputs.select_logits`).
     ps, labels, weights
-        As in :func:`metaseg_pgn.pgn.last_layer_pgn`. Empty ``labels`` gives no maps.
+        As in :func:`metaseg_pgn.pgn.last_layer_pgn`. Empty ``labels`` gives no maps (the checks
+        still run).
     resolution : {"feature", "input"}
         ``"feature"``: maps at the last conv's resolution (h, w); ``"input"``: the exact
         per-output-pixel maps (B, H, W) (the deeper-layer maps, defined at (h, w) only, are resized).
@@ -162,13 +186,24 @@ class PGNModel(nn.Module):
         The last conv's name (set by the first call when it was None).
     deeper_layers : tuple of (str, str or None) or None
         Names of ``conv_prev`` and its BatchNorm, set by the first call with ``deeper=True``.
+    activation_clip : float or None
+        Upper clip of the activation before the last conv found by the latest call (6.0 for a
+        ReLU6 that clipped), None for a ReLU.
+
+    Notes
+    -----
+    A parametrised weight (``torch.nn.utils.parametrize``) is read as the effective kernel, so the
+    maps are the gradient norms w.r.t. that kernel (DESIGN.md §1), not w.r.t. the
+    parametrisation's own tensors. A ``Conv2d`` subclass whose ``forward`` transforms its weight
+    (weight standardisation, a cosine classifier) is refused: its kernel is not ``weight``.
     """
 
     def __init__(
         self,
-        model: nn.Module,
-        last_conv: str | None = None,
+        model: nn.Module | Callable[[Tensor], Any],
+        last_conv: str | nn.Conv2d | None = None,
         *,
+        output: Output = None,
         ps: Sequence[float] = PGN_PS,
         labels: Iterable[str] = LABELS,
         weights: str = "paper",
@@ -178,9 +213,10 @@ class PGNModel(nn.Module):
         align_corners: bool | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
         self.model = model
+        self.output = check_output_selector(output)
         self.ps = _check_ps(ps)
         self.labels = _check_labels(labels)
         _check_weights(weights)
@@ -193,21 +229,26 @@ class PGNModel(nn.Module):
         self.include_bias = include_bias
         self.deeper = bool(deeper)
         if align_corners is None:
-            align_corners = getattr(model, "align_corners", False)
+            align_corners = getattr(_root_module(model), "align_corners", False)
         self.align_corners = bool(align_corners)
+        # module objects live in tuples, so that nn.Module does not register them as submodules
+        self._names: dict[int, str] = {id(m): n for root in _roots(model) for n, m in root.named_modules()}
         self._hint = None  # where last_conv came from, for error messages
+        self._last: tuple[nn.Conv2d, ...] = ()
+        self._deeper: tuple[nn.Module, ...] = ()  # conv_prev[, bn]
         if last_conv is None:
-            hint = getattr(model, "last_conv_name", None)
-            if isinstance(hint, str) and isinstance(dict(model.named_modules()).get(hint), nn.Conv2d):
+            hint = getattr(_root_module(model), "last_conv_name", None)
+            if isinstance(hint, str) and isinstance(self._module(hint, strict=False), nn.Conv2d):
                 last_conv, self._hint = hint, "model.last_conv_name"
         if last_conv is not None:
-            self._named_conv(last_conv)
+            self._last = (self._named_conv(last_conv),)
+            last_conv = self._name(self._last[0])
         self.last_conv = last_conv
         self.deeper_layers: tuple[str, str | None] | None = None
-        self._verified = False  # the first call checks the structure on more rows
+        self.activation_clip: float | None = None
 
     def forward(self, x: Tensor) -> PGNOutput:
-        """Run the model once and compute the maps.
+        """Run the model once, check the factorisation on every pixel and compute the maps.
 
         Parameters
         ----------
@@ -217,156 +258,177 @@ class PGNModel(nn.Module):
         -------
         PGNOutput
             ``probs`` and ``pred`` are computed when first read.
-        """
-        watched = self._watched()
-        calls = self._run(x, watched)
-        y = self._output(calls.pop("__output__"))
-        last = self._find_last_conv(calls, y)
-        self.last_conv = last.name
 
-        maps: dict[str, Tensor] = {}
-        if self.labels:
-            conv = last.module
-            kw = dict(ps=self.ps, labels=self.labels, weights=self.weights)
-            if self.resolution == "input":
-                kw.update(resolution="input", output_size=tuple(y.shape[-2:]), align_corners=self.align_corners)
-            maps.update(last_layer_pgn(last.input, last.output, conv, include_bias=self.include_bias, **kw))
+        Raises
+        ------
+        ValueError
+            The logits are not a (resized) conv output, the conv is not the plain convolution of
+            its own weight and bias, the deeper layer's chain does not hold, NaN/inf activations.
+        """
+        calls, out = self._run(x)
+        y = select_logits(out, self.output)
+        if not _all_finite(y):
+            raise ValueError("the model output contains NaN/inf, so it cannot be matched to a conv's output "
+                             "(and no PGN map would be finite)")
+        with parametrize.cached():  # a parametrised weight is evaluated once for checks and maps
+            last = self._find_last_conv(calls, y)
+            psi = last.input.detach().to(last.output.dtype)  # as the conv read it (autocast rounds)
+            prev = bn = None
             if self.deeper:
-                prev, bn = self._find_deeper(calls, last)
+                prev, bn, self.activation_clip = self._find_deeper(calls, last)
+                self._deeper = (prev.module,) + (() if bn is None else (bn.module,))
                 self.deeper_layers = (prev.name, None if bn is None else bn.name)
-                kw.pop("resolution", None)
-                include_prev = self.include_bias and prev.module.bias is not None
-                maps.update(deeper_layer_pgn(prev.input, prev.module, None if bn is None else bn.module,
-                                             last.input, last.output, conv, include_bias=include_prev, **kw))
-        self._verified = True
+            self._last = (last.module,)
+            self.last_conv = last.name
+            maps: dict[str, Tensor] = {}
+            if self.labels:
+                kw = dict(ps=self.ps, labels=self.labels, weights=self.weights)
+                if self.resolution == "input":
+                    kw.update(resolution="input", output_size=tuple(y.shape[-2:]), align_corners=self.align_corners)
+                maps.update(last_layer_pgn(psi, last.output, last.module, include_bias=self.include_bias, **kw))
+                if self.deeper:
+                    kw.pop("resolution", None)
+                    include_prev = self.include_bias and prev.module.bias is not None
+                    psi_prev = prev.input.detach().to(prev.output.dtype)
+                    maps.update(deeper_layer_pgn(psi_prev, prev.module, None if bn is None else bn.module,
+                                                 last.input, last.output, last.module, include_bias=include_prev,
+                                                 clip=self.activation_clip, **kw))
         return PGNOutput(logits=y, feature_logits=last.output, maps=maps, align_corners=self.align_corners)
 
-    def _watched(self) -> dict[str, nn.Module]:
-        """The modules to hook: the last conv (all convs while it is unknown), and for the deeper
-        layer its conv and BatchNorm (all convs and BatchNorms while they are unknown)."""
-        if self.last_conv is not None and (not self.deeper or self.deeper_layers is not None):
-            names = [self.last_conv] + ([n for n in self.deeper_layers if n is not None] if self.deeper else [])
-            cached = getattr(self, "_watched_cache", None)
-            if cached is None or cached[0] != names:
-                modules = dict(self.model.named_modules())
-                self._watched_cache = (names, {n: modules[n] for n in names})
-            return dict(self._watched_cache[1])
-        modules = dict(self.model.named_modules())
-        if self.last_conv is None:
-            watched = {n: m for n, m in modules.items() if isinstance(m, nn.Conv2d)}
-        else:
-            watched = {self.last_conv: self._named_conv(self.last_conv)}
-        if self.deeper:
-            if self.deeper_layers is None:
-                watched.update((n, m) for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)))
-            else:
-                watched.update((n, modules[n]) for n in self.deeper_layers if n is not None)
-        return watched
-
     # ------------------------------------------------------------------------------------------
+    # modules and hooks
 
-    def _named_conv(self, name: str) -> nn.Conv2d:
-        modules = dict(self.model.named_modules())
-        if not isinstance(name, str) or name not in modules:
+    def _module(self, name: str, strict: bool = True) -> nn.Module | None:
+        for root in _roots(self.model):
+            found = dict(root.named_modules()).get(name)
+            if found is not None:
+                return found
+        if strict:
             raise ValueError(f"last_conv={name!r} is not a module of the model")
-        conv = modules[name]
-        if not isinstance(conv, nn.Conv2d):
-            raise ValueError(f"last_conv={name!r} is a {type(conv).__name__}, not an nn.Conv2d")
-        ConvGeometry.from_conv(conv)  # refuses stride, groups, padding modes early
-        return conv
+        return None
 
-    def _run(self, x: Tensor, watched: dict[str, nn.Module]) -> dict:
-        """Run the model once; returns {name: [_Call, ...]} in call order plus '__output__'."""
-        calls: dict = {}
-        order: list[_Call] = []
+    def _name(self, module: nn.Module) -> str:
+        return self._names.get(id(module)) or f"{type(module).__name__}#{id(module):x}"
 
-        def hook_for(name):
-            def hook(module, args, output):
+    def _named_conv(self, conv: str | nn.Conv2d) -> nn.Conv2d:
+        if isinstance(conv, str):
+            module = self._module(conv)
+        elif isinstance(conv, nn.Module):
+            module = conv
+        else:
+            raise TypeError(f"last_conv must be a module name, an nn.Conv2d or None, got {conv!r}")
+        if not isinstance(module, nn.Conv2d):
+            raise ValueError(f"last_conv={conv!r} is a {type(module).__name__}, not an nn.Conv2d")
+        ConvGeometry.from_conv(module)  # refuses stride, groups, padding modes early
+        return module
+
+    def _watched(self) -> dict[int, nn.Module] | None:
+        """The modules to hook by id; None: every Conv2d (and BatchNorm for the deeper layer), for
+        a call that still has to find them."""
+        if not self._last or (self.deeper and not self._deeper):
+            return None
+        return {id(m): m for m in self._last + (self._deeper if self.deeper else ())}
+
+    def _run(self, x: Tensor) -> tuple[dict, Any]:
+        """Run the model once; returns ({name: [_Call, ...]} plus '__order__', the model's output)."""
+        watched = self._watched()
+        types = (nn.Conv2d, _BatchNorm) if self.deeper else (nn.Conv2d,)
+        calls: dict = {"__order__": []}
+
+        def hook(module, args, output):
+            if (id(module) in watched) if watched is not None else isinstance(module, types):
                 if args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
-                    call = _Call(name, module, args[0], output, (_version(args[0]), _version(output)))
-                    calls.setdefault(name, []).append(call)
-                    order.append(call)
-            return hook
+                    call = _Call(self._name(module), module, args[0], output,
+                                 (_version(args[0]), _version(output)))
+                    calls.setdefault(call.name, []).append(call)
+                    calls["__order__"].append(call)
 
-        handles = [m.register_forward_hook(hook_for(n)) for n, m in watched.items()]
+        if isinstance(self.model, nn.Module):
+            targets = (watched.values() if watched is not None else
+                       [m for m in self.model.modules() if isinstance(m, types)])
+            handles = [m.register_forward_hook(hook) for m in targets]
+        else:  # a plain callable: its modules are known only while it runs
+            handles = [nn.modules.module.register_module_forward_hook(hook)]
         try:
             with torch.no_grad():
                 out = self.model(x)
         finally:
             for h in handles:
                 h.remove()
-        calls["__output__"] = out
-        calls["__order__"] = order
-        return calls
+        return calls, out
 
-    @staticmethod
-    def _output(out) -> Tensor:
-        if isinstance(out, Mapping):
-            if "out" not in out:
-                raise ValueError(f"the model returned a dict without key 'out' (keys {sorted(out)})")
-            out = out["out"]
-        if not isinstance(out, Tensor) or out.dim() != 4 or not out.is_floating_point():
-            raise ValueError(f"the model output must be floating-point logits (B, C, H, W), got "
-                             f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
-        return out
+    # ------------------------------------------------------------------------------------------
+    # the last conv
 
     def _find_last_conv(self, calls: dict, y: Tensor) -> _Call:
         c = y.shape[1]
-        candidates = [call for call in reversed(calls["__order__"]) if isinstance(call.module, nn.Conv2d)
-                      and (self.last_conv is None or call.name == self.last_conv)]
         source = f" (from {self._hint})" if self._hint else ""
-        if self.last_conv is not None:
-            conv = candidates[0].module if candidates else self._named_conv(self.last_conv)
+        if self._last:
+            conv = self._last[0]
+            name = self._name(conv)
             if conv.out_channels != c:
-                raise ValueError(f"last_conv={self.last_conv!r}{source} has {conv.out_channels} out-channels "
+                raise ValueError(f"last_conv={name!r}{source} has {conv.out_channels} out-channels "
                                  f"but the model output has C={c}")
+            candidates = [call for call in calls["__order__"] if call.module is conv]
             if not candidates:
-                raise ValueError(f"last_conv={self.last_conv!r}{source} was not called in the forward pass")
-        rows = 3 if self._verified else 17
+                raise ValueError(f"last_conv={name!r}{source} was not called in the forward pass")
+        else:
+            candidates = [call for call in reversed(calls["__order__"])
+                          if isinstance(call.module, nn.Conv2d) and call.module.out_channels == c]
+        found = {}
         for call in candidates:
-            if call.output.shape[:2] == y.shape[:2] and self._is_output(call.output, y, self.align_corners, rows):
+            found[id(call)] = resize_mismatch(call.output, y, self.align_corners)
+            if found[id(call)].ok:
                 _check_single_call(calls, call, "last conv")
                 _check_unmodified(call, "last conv")
                 ConvGeometry.from_conv(call.module)
+                _check_plain_conv(call, "last conv")
                 return call
-        hint = ""
-        if any(call.output.shape[:2] == y.shape[:2] and self._is_output(call.output, y, not self.align_corners)
-               for call in candidates):
-            hint = (f" (it does with align_corners={not self.align_corners}: pass "
-                    f"align_corners={not self.align_corners})")
-        if not _all_finite(y):
-            raise ValueError("the model output contains NaN/inf, so it cannot be matched to a conv's output "
-                             "(and no PGN map would be finite)")
-        which = (f"the output of last_conv={self.last_conv!r}{source} does not match it" if self.last_conv is not None
-                 else f"none of the {len(candidates)} Conv2d calls matches it")
-        raise ValueError(
-            f"model output does not come from a Conv2d with C={c} out-channels followed at most by a "
-            f"bilinear resize (align_corners={self.align_corners}): {which}{hint}")
+        raise ValueError(self._explain_no_match(calls, candidates, found, y, source))
 
-    @staticmethod
-    def _is_output(z: Tensor, y: Tensor, align_corners: bool, rows: int = 17) -> bool:
-        """Whether ``y`` is ``z`` bilinearly resized, checked on up to ``rows`` evenly spaced rows of
-        ``y`` (resizing all of z would cost as much as the model's own final resize)."""
-        if z.shape[-2:] == y.shape[-2:]:
-            return z is y or _close(z, y)
-        h, (big_h, big_w) = z.shape[-2], y.shape[-2:]
-        rows = _sample_rows(big_h, rows, y.device)
-        row_taps = tuple(t[rows] for t in _linear_taps(h, big_h, align_corners, y.device))
-        resized = _resize_cols(_resize_rows(z, row_taps), big_w, align_corners)
-        return _close(resized, y[:, :, rows])
+    def _explain_no_match(self, calls, candidates, found: dict, y: Tensor, source: str) -> str:
+        c = y.shape[1]
+        head = (f"model output does not come from a Conv2d with C={c} out-channels followed at most by a "
+                f"bilinear resize (align_corners={self.align_corners})")
+        for call in candidates:
+            if _version(call.output) != call.versions[1]:
+                return (f"the model modifies the output of the conv {call.name!r} in place after the conv "
+                        "ran, so the hooked tensors no longer hold the values the conv wrote")
+        if any(resize_mismatch(call.output, y, not self.align_corners).ok for call in candidates):
+            return (f"{head}: it does with align_corners={not self.align_corners}: pass "
+                    f"align_corners={not self.align_corners}")
+        pool = candidates[:_PAIR_CANDIDATES]
+        for i, a in enumerate(pool):
+            for b in pool[i + 1:]:
+                if a.output.shape == b.output.shape and resize_mismatch(a.output + b.output, y, self.align_corners).ok:
+                    return (f"{head}: it is the sum of the outputs of two convs, {b.name!r} and {a.name!r} "
+                            "(as in torchvision's lraspp_*): the logits are not one conv's output, so the "
+                            "'last layer' is not one kernel and the factorisation does not apply")
+        if self._last:
+            which = f"the output of last_conv={candidates[0].name!r}{source}"
+        else:
+            which = f"none of the {len(candidates)} Conv2d calls with {c} out-channels"
+        close = [(m, call) for call in candidates for m in [found.get(id(call))]
+                 if m is not None and m.relative < 0.5]
+        if close:
+            m, call = min(close, key=lambda t: t[0].relative)
+            return (f"{head}: {which} matches it; the output of {call.name!r} {m.describe()} at the "
+                    f"precision of {y.dtype}: an operation after the conv (a scaling, a temperature, a "
+                    "normalisation) changes the logits, so they are not that conv's output")
+        return f"{head}: {which} matches it"
 
-    def _find_deeper(self, calls: dict, last: _Call) -> tuple[_Call, _Call | None]:
-        """Find conv_prev and its BatchNorm with ψ == relu(bn(u)) (or relu(u)), u = conv_prev's output."""
+    # ------------------------------------------------------------------------------------------
+    # the deeper layer
+
+    def _find_deeper(self, calls: dict, last: _Call) -> tuple[_Call, _Call | None, float | None]:
+        """conv_prev, its BatchNorm (or None) and the activation's clip, with ψ == act(bn(u)) on
+        every element, u = conv_prev's output."""
         order = calls["__order__"]
         before = order[:next(i for i, call in enumerate(order) if call is last)]
         psi = last.input
-        # the first call checks whole tensors, later ones (same structure) 3 rows
-        rows = _sample_rows(psi.shape[2], 3, psi.device) if self._verified else None
-
-        def part(t: Tensor) -> Tensor:
-            return t if rows is None or t.dim() != 4 else t.index_select(2, rows)
         convs = [call for call in before if isinstance(call.module, nn.Conv2d)]
-        bns = [call for call in before if isinstance(call.module, nn.BatchNorm2d)]
+        bns = [call for call in before if isinstance(call.module, _BatchNorm)]
+        closest = None
         for bn in reversed(bns):
             producer = next((c for c in reversed(convs) if _same_tensor(c.output, bn.input)), None)
             if producer is None or bn.input.shape != psi.shape:
@@ -374,53 +436,69 @@ class PGNModel(nn.Module):
             if bn.module.training:
                 raise ValueError(f"the BatchNorm {bn.name!r} before the last conv is in training mode: the "
                                  "deeper-layer factorisation needs eval mode (call model.eval())")
-            if _close(torch.relu(_bn_eval(bn.module, part(producer.output))), part(psi)):
-                return self._checked_deeper(calls, producer, bn)
+            m, clip = activation_mismatch(producer.output, bn.module, psi)
+            if m.ok:
+                return self._checked_deeper(calls, producer, bn) + (clip,)
+            closest = closest or (bn.name, m)
         for conv in reversed(convs):
-            if conv.output.shape == psi.shape and _close(torch.relu(part(conv.output)), part(psi)):
-                return self._checked_deeper(calls, conv, None)
+            if conv.output.shape == psi.shape:
+                m, clip = activation_mismatch(conv.output, None, psi)
+                if m.ok:
+                    return self._checked_deeper(calls, conv, None) + (clip,)
+                closest = closest or (conv.name, m)
         seen = ", ".join(f"{c.name} ({type(c.module).__name__})" for c in before[-6:]) or "none"
+        near = "" if closest is None else f"; relu/clip of {closest[0]!r}'s output {closest[1].describe()}"
         raise ValueError(
             f"the deeper-layer factorisation does not apply: the input of the last conv {last.name!r} is "
-            "neither relu(bn(u)) for a BatchNorm2d (eval) fed directly by a Conv2d's output u, nor relu(u) "
-            f"of a Conv2d's output (last hooked calls before it: {seen}). It needs conv -> BatchNorm "
-            "-> ReLU -> [eval Dropout] -> 1 x 1 conv, so that a pixel's loss depends on the previous "
-            "conv's output at that pixel only")
+            "neither relu(bn(u)) (or ReLU6-clipped) for a BatchNorm (eval) fed directly by a Conv2d's "
+            f"output u, nor relu(u) of a Conv2d's output, on every element (last hooked calls before it: "
+            f"{seen}{near}). It needs conv -> BatchNorm -> ReLU/ReLU6 -> [eval Dropout] -> 1 x 1 conv, so "
+            "that a pixel's loss depends on the previous conv's output at that pixel only")
 
     @staticmethod
     def _checked_deeper(calls, conv: _Call, bn: _Call | None) -> tuple[_Call, _Call | None]:
         _check_single_call(calls, conv, "deeper-layer conv")
         _check_unmodified(conv, "deeper-layer conv")
         ConvGeometry.from_conv(conv.module)
+        _check_plain_conv(conv, "deeper-layer conv", PREV_CONV_PROJECTIONS)
         return conv, bn
 
 
-def _bn_eval(bn: nn.BatchNorm2d, u: Tensor) -> Tensor:
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"BatchNorm {bn} has no running statistics, so it normalises with batch "
-                         "statistics that couple all pixels: the deeper-layer factorisation does not apply")
-    return F.batch_norm(u, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+def _roots(model) -> list[nn.Module]:
+    """The nn.Modules ``model`` is, is bound to, or closes over (for names and ``last_conv_name``)."""
+    if isinstance(model, nn.Module):
+        return [model]
+    candidates = [model]
+    if isinstance(model, functools.partial):
+        candidates += [model.func, *model.args, *model.keywords.values()]
+    for cell in getattr(model, "__closure__", None) or ():
+        try:
+            candidates.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    found: list[nn.Module] = []
+    for c in candidates:
+        for m in (c, getattr(c, "__self__", None)):  # a module, or a method bound to one
+            if isinstance(m, nn.Module) and all(m is not f for f in found):
+                found.append(m)
+    return found
 
 
-def _close(a: Tensor, b: Tensor) -> bool:
-    """Equal up to the rounding of the lower of the two dtypes (bf16/fp16 autocast included)."""
-    if a.shape != b.shape:
-        return False
-    if a.dtype == b.dtype and torch.equal(a, b):
-        return True
-    eps = max(torch.finfo(a.dtype).eps, torch.finfo(b.dtype).eps)
-    tol = max(1e-5, 4 * eps)
-    dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
-    a, b = a.to(dtype), b.to(dtype)
-    scale = float(b.abs().max()) if b.numel() else 0.0
-    if not math.isfinite(scale):  # NaN/inf: not close (allclose refuses a NaN tolerance)
-        return False
-    return bool(torch.allclose(a, b, rtol=tol, atol=tol * (1.0 + scale)))
+def _root_module(model) -> nn.Module | None:
+    roots = _roots(model)
+    return roots[0] if roots else None
 
 
-def _sample_rows(height: int, count: int, device: torch.device) -> Tensor:
-    """Up to ``count`` evenly spaced row indices (first and last included)."""
-    return torch.linspace(0, height - 1, min(height, count), device=device).round().long().unique()
+def _check_plain_conv(call: _Call, role: str, projections: int | None = None) -> None:
+    m = conv_mismatch(call.input, call.output, call.module, projections)
+    if not m.ok:
+        raise ValueError(
+            f"the {role} {call.name!r} ({type(call.module).__name__}) does not compute F.conv2d of its own "
+            f"weight and bias: its output {m.describe()}. A Conv2d subclass whose forward transforms "
+            "the weight or the result (weight standardisation as in timm's StdConv2d, a cosine "
+            "classifier, a scaling) has another kernel than its weight, so the factorisation would "
+            "use the wrong one; a plain nn.Conv2d (or a torch.nn.utils.parametrize parametrisation "
+            "of its weight) is needed")
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
@@ -435,7 +513,7 @@ def _version(t: Tensor):
 
 
 def _check_single_call(calls: dict, call: _Call, role: str) -> None:
-    n = len(calls.get(call.name, ()))
+    n = sum(1 for c in calls["__order__"] if c.module is call.module)
     if n != 1:
         raise ValueError(f"the {role} {call.name!r} is called {n} times in one forward (shared weights): "
                          "its weight gradient sums over the calls, so a pixel's gradient is not one "

@@ -194,7 +194,7 @@ def test_model_hint_names_the_last_conv_without_discovery():
     wrapped = PGNModel(model)
     assert wrapped.last_conv == "head.classifier"  # from model.last_conv_name, before any call
     x = image(10, b=1, h=24, w=32).float()
-    first, second = wrapped(x), wrapped(x)  # the second call checks the structure on fewer rows
+    first, second = wrapped(x), wrapped(x)  # the second call hooks only the remembered conv
     assert_same_maps(first.maps, second.maps)
     model.last_conv_name = "head.conv2"  # a wrong hint is reported as such
     with pytest.raises(ValueError, match="model.last_conv_name"):
@@ -332,9 +332,11 @@ def test_bad_options_are_refused():
         PGNModel(net, weights="exact")
     with pytest.raises(ValueError, match="p must be"):
         PGNModel(net, ps=(0,))
-    with pytest.raises(TypeError, match="nn.Module"):
-        PGNModel(lambda x: x)
-    with pytest.raises(ValueError, match="dict without key 'out'"):
+    with pytest.raises(TypeError, match="nn.Module or a callable"):
+        PGNModel(42)
+    with pytest.raises(TypeError, match="output must be"):
+        PGNModel(net, output=1.5)
+    with pytest.raises(ValueError, match="without key 'out' or 'logits'.*output=KEY"):
         PGNModel(_DictWithoutOut())(image())
 
 
@@ -344,4 +346,4 @@ class _DictWithoutOut(nn.Module):
         self.conv = nn.Conv2d(3, C, 1).double()
 
     def forward(self, x):
-        return {"logits": self.conv(x)}
+        return {"scores": self.conv(x)}

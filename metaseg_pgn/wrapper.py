@@ -405,17 +405,17 @@ class PGNModel(nn.Module):
                             "(as in torchvision's lraspp_*): the logits are not one conv's output, so the "
                             "'last layer' is not one kernel and the factorisation does not apply")
         if self._last:
-            which = f"the output of last_conv={candidates[0].name!r}{source}"
+            which = f"the output of last_conv={candidates[0].name!r}{source} does not match it"
         else:
-            which = f"none of the {len(candidates)} Conv2d calls with {c} out-channels"
+            which = f"none of the {len(candidates)} Conv2d calls with {c} out-channels matches it"
         close = [(m, call) for call in candidates for m in [found.get(id(call))]
                  if m is not None and m.relative < 0.5]
         if close:
             m, call = min(close, key=lambda t: t[0].relative)
-            return (f"{head}: {which} matches it; the output of {call.name!r} {m.describe()} at the "
-                    f"precision of {y.dtype}: an operation after the conv (a scaling, a temperature, a "
-                    "normalisation) changes the logits, so they are not that conv's output")
-        return f"{head}: {which} matches it"
+            return (f"{head}: {which}; the output of {call.name!r} {m.describe()} at the precision of "
+                    f"{y.dtype}: an operation after the conv (a scaling, a temperature, a normalisation) "
+                    "changes the logits, so they are not that conv's output")
+        return f"{head}: {which}"
 
     # ------------------------------------------------------------------------------------------
     # the deeper layer

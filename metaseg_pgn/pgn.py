@@ -100,9 +100,9 @@ def _outside_autocast(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with contextlib.ExitStack() as stack:
-            for device in ("cpu", "cuda"):
-                if torch.is_autocast_enabled(device):
-                    stack.enter_context(torch.autocast(device, enabled=False))
+            stack.enter_context(torch.autocast("cpu", enabled=False))
+            if torch.cuda.is_available():
+                stack.enter_context(torch.autocast("cuda", enabled=False))
             return fn(*args, **kwargs)
     return wrapper
 

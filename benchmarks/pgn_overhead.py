@@ -8,13 +8,15 @@ slow drifts of a shared machine hit all variants alike. Forward hooks on ``head.
 - ``+last(10)``: the same function, then the 10 last-layer maps (p in PGN_PS, labels oh and uni) at
   the feature resolution from the captured ψ and z;
 - ``+last+deep(20)``: the same, plus the 10 deeper-layer maps;
-- ``PGNModel(...)``: the library's wrapper (which also returns softmax and argmax at the input
-  size) without maps, with the last layer, with both layers (skipped with ``--bf16``: the wrapper
-  has no autocast switch).
+- ``PGNModel(...)``: the library's wrapper (its hooks and its checks on every pixel) without maps,
+  with the last layer, with both layers (under ``--bf16`` called inside the autocast context).
 
 Ratios are medians of the per-repetition ratios (paired), with the 10 % and 90 % quantiles. The maps
 are also timed alone, from the captured ψ and z, because on a shared 2-core CPU the noise of a whole
-forward can exceed the 1 % the paper reports. The ψ captured under ``--bf16`` is bfloat16; the maps
+forward can exceed the 1 % the paper reports; so are the wrapper's checks on every pixel
+(:mod:`metaseg_pgn.verify`), beside the maps they guard: the last conv recomputed, the logits
+against its resized output, and for the deeper layer the BatchNorm/ReLU chain and the previous
+conv (two random projections of its channels). The ψ captured under ``--bf16`` is bfloat16; the maps
 are computed outside autocast, in float64, as always.
 
 Usage::
@@ -42,11 +44,9 @@ from torch import nn
 
 from metaseg_pgn.models import build_model
 from metaseg_pgn.pgn import PGN_PS, deeper_layer_pgn, last_layer_pgn, resize_maps
+from metaseg_pgn.verify import activation_mismatch, conv_mismatch, resize_mismatch
 
-try:  # the library's wrapper; the benchmark also runs on pgn.py alone
-    from metaseg_pgn.wrapper import PGNModel
-except ImportError:  # pragma: no cover
-    PGNModel = None
+from metaseg_pgn.wrapper import OUTPUT_PROJECTIONS, PREV_CONV_PROJECTIONS, PGNModel
 
 LABELS = ("oh", "uni")
 
@@ -61,7 +61,7 @@ class Captured:
     def __init__(self, model: nn.Module) -> None:
         head = model.head
         self.conv, self.conv_prev, self.bn = head.classifier, head.conv2, head.bn2
-        self.psi = self.z = self.psi_prev = None
+        self.psi = self.z = self.psi_prev = self.u = None
         self._handles = [
             self.conv.register_forward_hook(self._last),
             self.conv_prev.register_forward_hook(self._prev),
@@ -71,7 +71,7 @@ class Captured:
         self.psi, self.z = inputs[0], output
 
     def _prev(self, module, inputs, output):
-        self.psi_prev = inputs[0]
+        self.psi_prev, self.u = inputs[0], output
 
     def remove(self) -> None:
         for h in self._handles:
@@ -90,6 +90,18 @@ def deep_maps(cap: Captured, weights: str):
                             ps=PGN_PS, labels=LABELS, weights=weights)
 
 
+def last_checks(cap: Captured, logits: torch.Tensor, align_corners: bool):
+    """The wrapper's per-call checks of the last layer (every pixel)."""
+    return (conv_mismatch(cap.psi, cap.z, cap.conv),
+            resize_mismatch(cap.z, logits, align_corners, OUTPUT_PROJECTIONS))
+
+
+def deep_checks(cap: Captured):
+    """The wrapper's per-call checks of the deeper layer (every element)."""
+    return (activation_mismatch(cap.u, cap.bn, cap.psi)[0],
+            conv_mismatch(cap.psi_prev, cap.u, cap.conv_prev, PREV_CONV_PROJECTIONS))
+
+
 def make_variants(model: nn.Module, cap: Captured, x: torch.Tensor, args) -> dict[str, Callable[[], object]]:
     """Callables of the variants, each returning its result (kept until the clock stops).
 
@@ -98,11 +110,14 @@ def make_variants(model: nn.Module, cap: Captured, x: torch.Tensor, args) -> dic
     """
     dev = x.device.type
 
-    def forward():
+    def in_precision(fn):
         if args.bf16:
             with torch.autocast(dev, dtype=torch.bfloat16):
-                return model(x)
-        return model(x)
+                return fn(x)
+        return fn(x)
+
+    def forward():
+        return in_precision(model)
 
     def with_last():
         return forward(), last_maps(cap, args.weights)
@@ -111,9 +126,8 @@ def make_variants(model: nn.Module, cap: Captured, x: torch.Tensor, args) -> dic
         return forward(), last_maps(cap, args.weights), deep_maps(cap, args.weights)
 
     variants = {"forward": forward, "+last(10)": with_last, "+last+deep(20)": with_deep}
-    if PGNModel is not None and not args.bf16 and not args.no_wrapper:
-        # the library path; labels=() gives the wrapper's own forward (its hooks and checks, the
-        # softmax and argmax at the input size) without maps
+    if not args.no_wrapper:
+        # the library path; labels=() gives the wrapper's own forward (its hooks and checks) without maps
         kw = dict(ps=PGN_PS, weights=args.weights, resolution="feature")
         wrappers = {
             "PGNModel(no maps)": PGNModel(model, model.last_conv_name, labels=(), **kw),
@@ -121,7 +135,7 @@ def make_variants(model: nn.Module, cap: Captured, x: torch.Tensor, args) -> dic
             "PGNModel(last+deep)": PGNModel(model, model.last_conv_name, labels=LABELS, deeper=True, **kw),
         }
         for name, w in wrappers.items():
-            variants[name] = (lambda w=w: w(x))
+            variants[name] = (lambda w=w: in_precision(w))
     return variants
 
 
@@ -197,9 +211,14 @@ def run(args) -> None:
             alone = {
                 "softmax+argmax at HxW": lambda: (torch.softmax(logits, dim=1), logits.argmax(1)),
                 "last maps (10)": lambda: last_maps(cap, args.weights),
+                "  checks: conv": lambda: conv_mismatch(cap.psi, cap.z, cap.conv),
+                "  checks: output": lambda: last_checks(cap, logits, ac)[1],
                 "deep maps (10)": lambda: deep_maps(cap, args.weights),
+                "  checks: BN/ReLU": lambda: activation_mismatch(cap.u, cap.bn, cap.psi),
+                "  checks: prev conv": lambda: deep_checks(cap)[1],
                 "resize 10 maps to HxW": lambda: resize_maps(maps, size, ac),
             }
+            assert all(m.ok for m in last_checks(cap, logits, ac) + deep_checks(cap)), "the checks refuse the model"
             alone_times = measure(alone, args.repeats, args.warmup, sync)
     finally:
         cap.remove()

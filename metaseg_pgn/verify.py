@@ -103,7 +103,7 @@ def conv_mismatch(psi: Tensor, z: Tensor, conv: nn.Conv2d, projections: int | No
     bias = None if conv.bias is None else conv.bias.detach().to(device=z.device, dtype=low).to(work)
     c = weight.shape[0]
     # per pixel ||P(ψ)||_2 over the conv's window, per channel ||k_c||_2: |z_c| <= ||k_c|| ||P|| + |b_c|
-    patch = _box_sum(torch.linalg.vector_norm(x, 2, dim=1).square_()[None], geometry)[0].sqrt_()
+    patch = _box_sum(torch.einsum("bchw,bchw->bhw", x, x)[None], geometry)[0].sqrt_()
     knorm = torch.linalg.vector_norm(weight.flatten(1), 2, dim=1)
     babs = torch.zeros_like(knorm) if bias is None else bias.abs()
     n = geometry.patch_size + (bias is not None)
@@ -117,7 +117,7 @@ def conv_mismatch(psi: Tensor, z: Tensor, conv: nn.Conv2d, projections: int | No
         r = _directions(projections, c, work, z.device)
         expected = F.conv2d(x, (r @ weight.flatten(1)).view(-1, *weight.shape[1:]),
                             None if bias is None else r @ bias, 1, geometry.padding, geometry.dilation)
-        got = torch.einsum("mc,bchw->bmhw", r, got)
+        got = _project(r, got)
         ra = r.abs()
         scale = (ra @ knorm).view(1, -1, 1, 1) * patch[:, None] + (ra @ babs).view(1, -1, 1, 1)
         tol = scale * (rho + _eps(low))
@@ -147,18 +147,19 @@ def resize_mismatch(z: Tensor, y: Tensor, align_corners: bool, projections: int 
         return Mismatch(0.0, 0.0)
     work = _work(z, y)
     zz, got = z.detach().to(work), y.detach().to(work)
-    # the largest |z| of each image and channel bounds every bilinear combination of it
-    top = zz.abs().amax((2, 3), keepdim=True)
+    n = 4  # a bilinear resize mixes 4 values
     if projections is not None and projections < z.shape[1]:
         r = _directions(projections, z.shape[1], work, z.device)
-        zz = torch.einsum("mc,bchw->bmhw", r, zz)
-        got = torch.einsum("mc,bchw->bmhw", r, got)
-        top = torch.einsum("mc,bcij->bmij", r.abs(), top)
-    if zz.shape[-2:] == got.shape[-2:]:
-        expected, n = zz, 1
+        # |r·z| ≤ |r|·|z| per pixel, resized along: the scale of the projected values' rounding
+        zz = torch.cat([_project(r, zz), _project(r.abs(), zz.abs())], dim=1)
+        got = _project(r, got)
+        n += z.shape[1]  # the projection's sum
     else:
-        expected, n = F.interpolate(zz, size=got.shape[-2:], mode="bilinear", align_corners=align_corners), 4
-    tol = top * (_rho(n, work) + _eps(y.dtype) + _eps(z.dtype))
+        zz = torch.cat([zz, zz.abs()], dim=1)
+    if zz.shape[-2:] != got.shape[-2:]:
+        zz = F.interpolate(zz, size=got.shape[-2:], mode="bilinear", align_corners=align_corners)
+    expected, scale = zz.split(got.shape[1], dim=1)
+    tol = scale * (_rho(n, work) + _eps(y.dtype) + _eps(z.dtype))
     return _mismatch(got, expected, tol)
 
 
@@ -189,12 +190,14 @@ def activation_mismatch(u: Tensor, bn: nn.Module | None, psi: Tensor) -> tuple[M
     """
     work = _work(u, psi)
     uu = u.detach().to(work)
+    # per image and channel: the largest |u| (then |a|·max|u| + |μa| + |β| bounds every term)
+    top = torch.maximum(uu.amax((2, 3), keepdim=True), uu.amin((2, 3), keepdim=True).neg_())
     if bn is None:
-        pre, scale = uu, uu.abs()
+        pre, scale = uu, top
     else:
         a, shift, mag = _bn_affine(bn, work, u.device)
-        pre = uu * a + shift  # γ (u − μ) / σ + β
-        scale = uu.abs() * a.abs() + mag
+        pre = torch.addcmul(shift, uu, a)  # γ (u − μ) / σ + β
+        scale = top * a.abs() + mag
     got = psi.detach().to(work)
     rho = _rho(4, work) + _eps(u.dtype) + _eps(psi.dtype)
     expected = torch.relu(pre)
@@ -238,6 +241,12 @@ def _mismatch(got: Tensor, expected: Tensor, tol: Tensor) -> Mismatch:
     excess = float(diff.div_(tol.clamp_min(torch.finfo(tol.dtype).tiny)).amax())
     relative = biggest / top if top > 0 else (0.0 if biggest == 0 else math.inf)
     return Mismatch(excess, relative)
+
+
+def _project(r: Tensor, x: Tensor) -> Tensor:
+    """``Σ_c r[m, c] x[:, c]``: (m, C) directions on (B, C, h, w) → (B, m, h, w)."""
+    b, c = x.shape[:2]
+    return torch.matmul(r, x.reshape(b, c, -1)).view(b, r.shape[0], *x.shape[2:])
 
 
 def _directions(m: int, c: int, dtype: torch.dtype, device) -> Tensor:

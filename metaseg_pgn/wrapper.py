@@ -48,6 +48,9 @@ __all__ = ["PGNModel", "PGNOutput", "argmax_channels"]
 #: Random projections of the previous conv's output channels checked per call (deeper layer): its
 #: recomputation costs this many output channels instead of all (see metaseg_pgn.verify).
 PREV_CONV_PROJECTIONS = 2
+#: Random projections of the C logits compared per output pixel: the check resizes this many
+#: channels instead of C (the last conv itself is recomputed with all its channels).
+OUTPUT_PROJECTIONS = 2
 #: Candidate pairs of C-channel convs tried when explaining a refused output (lraspp's sum).
 _PAIR_CANDIDATES = 6
 
@@ -377,7 +380,7 @@ class PGNModel(nn.Module):
                           if isinstance(call.module, nn.Conv2d) and call.module.out_channels == c]
         found = {}
         for call in candidates:
-            found[id(call)] = resize_mismatch(call.output, y, self.align_corners)
+            found[id(call)] = resize_mismatch(call.output, y, self.align_corners, OUTPUT_PROJECTIONS)
             if found[id(call)].ok:
                 _check_single_call(calls, call, "last conv")
                 _check_unmodified(call, "last conv")

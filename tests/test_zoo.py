@@ -345,11 +345,13 @@ def test_checks_pass_the_model_and_fail_a_deviation_of_one_element():
     assert conv_mismatch(t["psi"], t["z"], net.classifier).ok
     assert conv_mismatch(t["prev"], t["u"], net.conv2, projections=2).ok
     assert resize_mismatch(t["z"], y, False).ok and not resize_mismatch(t["z"], y, True).ok
+    assert resize_mismatch(t["z"], y, False, projections=2).ok
     m, clip = activation_mismatch(t["u"], net.bn2, t["psi"])
     assert m.ok and clip is None
     for tensor, check in [(t["z"], lambda z: conv_mismatch(t["psi"], z, net.classifier)),
                           (t["u"], lambda u: conv_mismatch(t["prev"], u, net.conv2, projections=2)),
                           (y, lambda yy: resize_mismatch(t["z"], yy, False)),
+                          (y, lambda yy: resize_mismatch(t["z"], yy, False, projections=2)),
                           (t["psi"], lambda p: activation_mismatch(t["u"], net.bn2, p)[0])]:
         bad = tensor.clone()
         idx = (1, 2, bad.shape[2] - 1, 3)

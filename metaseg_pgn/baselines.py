@@ -20,6 +20,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from .outputs import Output, select_logits
+
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -89,13 +91,9 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
             m.train(training)
 
 
-def _output(out):
-    return out["out"] if isinstance(out, dict) else out
-
-
 @torch.no_grad()
 def mc_dropout_maps(model: nn.Module, x: torch.Tensor, samples: int = 25,
-                    generator_seed: int | None = 0) -> dict[str, torch.Tensor]:
+                    generator_seed: int | None = 0, output: Output = None) -> dict[str, torch.Tensor]:
     """MC dropout maps ``mcd_E``, ``mcd_MI``, each (B, H, W) float32.
 
     Parameters
@@ -107,6 +105,8 @@ def mc_dropout_maps(model: nn.Module, x: torch.Tensor, samples: int = 25,
         Number of stochastic forward passes T.
     generator_seed : int or None
         Seeds torch's RNG for the passes so results are reproducible (restored afterwards).
+    output : None, str, int or callable
+        Where the logits are in what the model returns (:func:`metaseg_pgn.outputs.select_logits`).
     """
     acc = PredictiveAccumulator()
     split = getattr(model, "mc_dropout_split", None)
@@ -118,17 +118,19 @@ def mc_dropout_maps(model: nn.Module, x: torch.Tensor, samples: int = 25,
                 acc.update_logits(head(state))
         else:
             for _ in range(samples):
-                acc.update_logits(_output(model(x)))
+                acc.update_logits(select_logits(model(x), output))
     _, e, mi = acc.compute()
     return {"mcd_E": e, "mcd_MI": mi}
 
 
 @torch.no_grad()
-def ensemble_maps(models: Iterable[nn.Module] | Iterable[Callable], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Deep-ensemble maps ``ens_E``, ``ens_MI``, each (B, H, W) float32 (models in eval mode)."""
+def ensemble_maps(models: Iterable[nn.Module] | Iterable[Callable], x: torch.Tensor,
+                  output: Output = None) -> dict[str, torch.Tensor]:
+    """Deep-ensemble maps ``ens_E``, ``ens_MI``, each (B, H, W) float32 (models in eval mode;
+    ``output`` picks the logits from what they return, see :func:`metaseg_pgn.outputs.select_logits`)."""
     acc = PredictiveAccumulator()
     for member in models:
-        acc.update_logits(_output(member(x)))
+        acc.update_logits(select_logits(member(x), output))
     _, e, mi = acc.compute()
     return {"ens_E": e, "ens_MI": mi}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,15 +12,23 @@ import torch.nn as nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: ``model.normalize`` presets: (mean, std) of RGB in [0, 1]; "custom" takes ``model.mean``/``std``.
+NORMALIZE_PRESETS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
+
 
 @dataclass
 class LoadedModel:
-    """A network in eval mode with the input normalisation it was trained with."""
+    """A network in eval mode with the input normalisation it was trained with.
+
+    ``output`` says where its logits are in what it returns (None: the tensor itself, key
+    ``'out'`` or ``'logits'``, attribute ``logits``; see :func:`metaseg_pgn.outputs.select_logits`).
+    """
 
     model: nn.Module
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     description: dict
+    output: str | int | None = None
 
     def preprocess(self, images: list, device: torch.device) -> torch.Tensor:
         """List of (H, W, 3) uint8 RGB arrays (same size) → normalised (B, 3, H, W) float32."""
@@ -91,6 +100,56 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+def input_normalization(model_cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of a user model's input, RGB in [0, 1], from ``model.normalize``.
+
+    ``normalize``: ``imagenet`` (the default; torchvision and most HuggingFace checkpoints, whose
+    image processor config says ``image_mean``/``image_std``), ``none`` (the image in [0, 1] as
+    it is) or ``custom`` (``model.mean`` and ``model.std``, three numbers each, std > 0).
+
+    Raises
+    ------
+    ModelError
+        An unknown preset, mean/std missing for ``custom`` or given without it, or not three
+        finite numbers (std > 0); the message names the key.
+    """
+    preset = str(model_cfg.get("normalize") or "imagenet")
+    mean, std = model_cfg.get("mean"), model_cfg.get("std")
+    if preset == "custom":
+        if mean is None or std is None:
+            raise ModelError("model.normalize=custom needs model.mean and model.std (three numbers each, "
+                             "for RGB in [0, 1])")
+        return _triple("model.mean", mean), _triple("model.std", std, positive=True)
+    if preset not in NORMALIZE_PRESETS:
+        raise ModelError(f"model.normalize={preset!r}: choose {', '.join(NORMALIZE_PRESETS)} or custom")
+    given = [k for k, v in (("model.mean", mean), ("model.std", std)) if v is not None]
+    if given:
+        raise ModelError(f"{' and '.join(given)} given but model.normalize={preset}: set model.normalize=custom "
+                         "to use them (or leave them null)")
+    return NORMALIZE_PRESETS[preset]
+
+
+def output_selector(model_cfg: dict) -> str | int | None:
+    """``model.output``: None, a key or attribute name, or a tuple index (checked)."""
+    output = model_cfg.get("output")
+    if isinstance(output, str) and output.lstrip("-").isdigit():  # an index given on the command line
+        output = int(output)
+    if output is None or isinstance(output, str) or (isinstance(output, int) and not isinstance(output, bool)):
+        return output
+    raise ModelError(f"model.output={output!r}: give null, a key or attribute name of the model's output "
+                     "(e.g. logits), or an index of a returned tuple (e.g. 0)")
+
+
+def _triple(key: str, value, positive: bool = False) -> tuple[float, float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in value)
+    if not ok:
+        raise ModelError(f"{key}={value!r}: give three finite numbers{' > 0' if positive else ''} "
+                         "(R, G, B, for images in [0, 1])")
+    return tuple(float(v) for v in value)
+
+
 def load_model(model_cfg: dict, device: torch.device, *, seed: int | None = None) -> LoadedModel:
     """Build the configured model in eval mode on ``device``.
 
@@ -100,8 +159,9 @@ def load_model(model_cfg: dict, device: torch.device, *, seed: int | None = None
         ``name``: a shipped model (``synthetic_compact``) or ``custom``. For ``custom``:
         ``_target_`` (a callable returning an nn.Module) and its keyword arguments, ``init``
         (``checkpoint``: load ``checkpoint``, a state_dict file; ``target``: the target loads its own
-        weights; ``random``: leave the network untrained), ``mean``/``std`` (input normalisation,
-        RGB in [0, 1]). See :class:`metaseg_pgn.config.CustomModel`.
+        weights; ``random``: leave the network untrained), ``normalize``/``mean``/``std`` (input
+        normalisation, see :func:`input_normalization`), ``output`` (where the logits are in what
+        the model returns, see :func:`output_selector`). See :class:`metaseg_pgn.config.CustomModel`.
     seed : int, optional
         For shipped models: which training seed (ensemble member); default ``model_cfg["seed"]``.
 
@@ -112,6 +172,8 @@ def load_model(model_cfg: dict, device: torch.device, *, seed: int | None = None
     """
     name = model_cfg["name"]
     if name == "custom":
+        mean, std = input_normalization(model_cfg)
+        output = output_selector(model_cfg)
         model = build_custom(model_cfg)
         init = model_cfg.get("init", "checkpoint")
         if init == "checkpoint":
@@ -119,8 +181,6 @@ def load_model(model_cfg: dict, device: torch.device, *, seed: int | None = None
                 raise ModelError("model.checkpoint is not set (model.init=checkpoint); give a state_dict file, "
                                  "or model.init=target / model.init=random")
             load_checkpoint(model, model_cfg["checkpoint"])
-        mean = tuple(model_cfg.get("mean", IMAGENET_MEAN))
-        std = tuple(model_cfg.get("std", IMAGENET_STD))
         description = {"name": name, "target": model_cfg["_target_"], "init": init,
                        "checkpoint": model_cfg.get("checkpoint") if init == "checkpoint" else None}
     else:
@@ -133,4 +193,5 @@ def load_model(model_cfg: dict, device: torch.device, *, seed: int | None = None
         mean = tuple(norm.get("mean", IMAGENET_MEAN))
         std = tuple(norm.get("std", IMAGENET_STD))
         description = {"name": name, "seed": member, "val_miou": record.get("val_miou")}
-    return LoadedModel(model.to(device).eval(), mean, std, description)
+        output = None
+    return LoadedModel(model.to(device).eval(), mean, std, description, output)

@@ -38,6 +38,7 @@ from ..data.registry import get_dataset
 from ..io import fingerprint
 from ..models.loader import load_model
 from ..store import Record, RecordError, read_meta, read_record, relative_logits, encode_logs, write_record
+from ..outputs import select_logits
 from ..wrapper import PGNModel
 from .common import RunContext, StageError, dataset_key, is_up_to_date, log, stage_fingerprint, write_manifest
 
@@ -127,7 +128,7 @@ def run(ctx: RunContext) -> dict:
         torch.manual_seed(0)
         loaded = load_model(cfg["model"], device)
     pgn = cfg["pgn"]
-    wrapper = PGNModel(loaded.model, cfg["model"].get("last_conv"), ps=tuple(pgn["ps"]),
+    wrapper = PGNModel(loaded.model, cfg["model"].get("last_conv"), output=loaded.output, ps=tuple(pgn["ps"]),
                        labels=tuple(pgn["labels"]), weights=pgn["weights"],
                        resolution=pgn["resolution"], include_bias=pgn["include_bias"],
                        deeper="deep" in pgn["layers"])
@@ -238,7 +239,7 @@ def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, dev
         bad = [f.frame_id for i, f in enumerate(frames) if not torch.isfinite(out.logits[i]).all()]
     except ValueError as e:  # the wrapper refuses non-finite activations before we see the logits
         bad = [f.frame_id for i, f in enumerate(frames)
-               if not torch.isfinite(_output(loaded.model(x[i:i + 1]))).all()]
+               if not torch.isfinite(select_logits(loaded.model(x[i:i + 1]), loaded.output)).all()]
         if not bad:
             raise StageError(f"infer: {ds!r}, frames {[f.frame_id for f in frames]}: {e}") from None
     if bad:
@@ -280,10 +281,6 @@ def _pgn_fields(stacked: torch.Tensor | None, i: int) -> dict:
     return {"log_pgn": residual, "log_pgn_offset": offset}
 
 
-def _output(out):
-    return out["out"] if isinstance(out, dict) else out
-
-
 def _reusable_baselines(path: Path, expect: dict[str, str]) -> dict[str, np.ndarray] | None:
     """The baseline maps of an existing record whose core and baseline fingerprints still match."""
     if _stale_groups(path, expect) & {"core", "baselines"}:
@@ -295,10 +292,10 @@ def _reusable_baselines(path: Path, expect: dict[str, str]) -> dict[str, np.ndar
 def _compute_baselines(loaded, members, base_cfg, x, seed, frame_id) -> dict[str, np.ndarray]:
     maps: dict[str, torch.Tensor] = {}
     if base_cfg["mc_dropout"].get("enabled"):
-        maps.update(mc_dropout_maps(loaded.model, x, base_cfg["mc_dropout"]["samples"],
+        maps.update(mc_dropout_maps(loaded.model, x, base_cfg["mc_dropout"]["samples"], output=loaded.output,
                                     generator_seed=frame_seed(seed, frame_id)))
     if members:
-        maps.update(ensemble_maps(members, x))
+        maps.update(ensemble_maps(members, x, output=loaded.output))
     return {name: v[0].cpu().numpy().astype(np.float16) for name, v in maps.items()}
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .outputs import Output, select_logits
+from .outputs import Output, image_logits, select_logits
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
@@ -118,7 +118,7 @@ def mc_dropout_maps(model: nn.Module, x: torch.Tensor, samples: int = 25,
                 acc.update_logits(head(state))
         else:
             for _ in range(samples):
-                acc.update_logits(select_logits(model(x), output))
+                acc.update_logits(_logits(model, x, output))
     _, e, mi = acc.compute()
     return {"mcd_E": e, "mcd_MI": mi}
 
@@ -130,9 +130,15 @@ def ensemble_maps(models: Iterable[nn.Module] | Iterable[Callable], x: torch.Ten
     ``output`` picks the logits from what they return, see :func:`metaseg_pgn.outputs.select_logits`)."""
     acc = PredictiveAccumulator()
     for member in models:
-        acc.update_logits(select_logits(member(x), output))
+        acc.update_logits(_logits(member, x, output))
     _, e, mi = acc.compute()
     return {"ens_E": e, "ens_MI": mi}
+
+
+def _logits(model, x: torch.Tensor, output: Output) -> torch.Tensor:
+    """The model's logits at the image size (resized as the model's ``align_corners`` says)."""
+    logits = select_logits(model(x), output)
+    return image_logits(logits, x.shape[-2:], bool(getattr(model, "align_corners", False)))
 
 
 @contextlib.contextmanager

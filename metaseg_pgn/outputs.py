@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Callable, Union
 
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Output", "check_output_selector", "select_logits"]
+__all__ = ["Output", "check_output_selector", "image_logits", "select_logits"]
 
 #: A selector: None (the default rule), a key or attribute name, a tuple index, or a function.
 Output = Union[None, str, int, Callable[[Any], Tensor]]
@@ -90,6 +91,26 @@ def select_logits(out: Any, output: Output = None) -> Tensor:
     if not isinstance(y, Tensor) or y.dim() != 4 or not y.is_floating_point():
         raise ValueError(f"{how} must be floating-point logits (B, C, H, W), got {_describe(y)}")
     return y
+
+
+def image_logits(logits: Tensor, size, align_corners: bool = False) -> Tensor:
+    """The logits at the image size ``(H, W)``: ``logits`` itself when it has that size, else
+    resized bilinearly (a model such as SegFormer returns 1/4 of the image size; HuggingFace's
+    post-processing resizes the same way, ``align_corners=False``).
+
+    Parameters
+    ----------
+    logits : Tensor, shape (B, C, h, w)
+    size : (H, W)
+    align_corners : bool
+
+    Returns
+    -------
+    Tensor, shape (B, C, H, W), dtype of ``logits``
+    """
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def _default(out: Any) -> Any:

@@ -4,6 +4,7 @@ infer run with a model that returns a tuple."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_overrides
@@ -36,6 +37,17 @@ class TupleOut(nn.Module):
 
 def tuple_compact(num_classes: int = 19):
     return TupleOut(num_classes)
+
+
+class QuarterLogits(TupleOut):
+    """Logits at 1/4 of the image size in a dict under 'logits', like HuggingFace's SegFormer."""
+
+    def forward(self, x):
+        return {"logits": self.net.forward_stride4(x)}
+
+
+def quarter_compact(num_classes: int = 19):
+    return QuarterLogits(num_classes)
 
 
 def test_normalization_presets_and_custom_values():
@@ -95,3 +107,25 @@ def test_infer_runs_a_model_that_returns_a_tuple(tmp_path):
     record = read_record(next(p for p in records if p.stem == frame.frame_id))
     assert np.array_equal(record.pred, pred.astype(np.uint8))
     assert record.baselines is not None and np.isfinite(record.baselines.astype(np.float64)).all()
+
+
+def test_a_model_with_logits_smaller_than_the_image_predicts_at_the_image_size(tmp_path):
+    """SegFormer-like output (1/4 size, key 'logits'): prediction, baselines and features at the image
+    size; the prediction is the argmax of the logits resized bilinearly."""
+    run = tmp_path / "run"
+    ov = tiny_overrides(run, n=2) + ["ood_datasets=[]", "stage=[infer,features]",
+                                     f"model.factory={__name__}:quarter_compact", "meta.feature_sets=[metaseg,pgn_oh]"]
+    cfg = config_mod.compose(ov)
+    run_pipeline(cfg)
+    ds = make_dataset(dataset_configs(cfg)[0])
+    frame = ds.load(ds.frame_ids[1])
+    loaded = load_model(cfg["model"], torch.device("cpu"))
+    model = quarter_compact(19).eval()
+    with torch.no_grad():
+        z = model(loaded.preprocess([frame.image], torch.device("cpu")))["logits"]
+        pred = F.interpolate(z, size=frame.image.shape[:2], mode="bilinear", align_corners=False).argmax(1)[0]
+    record = read_record(next((run / "infer").rglob(f"{frame.frame_id}.npz")))
+    assert z.shape[-2:] == (16, 32) and record.pred.shape == frame.image.shape[:2]
+    assert np.array_equal(record.pred, pred.numpy().astype(np.uint8))
+    assert record.baselines.shape[-2:] == frame.image.shape[:2]
+    assert list((run / "features").rglob("*.parquet"))

@@ -38,8 +38,8 @@ from ..data.registry import get_dataset
 from ..io import fingerprint
 from ..models.loader import load_model
 from ..store import Record, RecordError, read_meta, read_record, relative_logits, encode_logs, write_record
-from ..outputs import select_logits
-from ..wrapper import PGNModel
+from ..outputs import image_logits, select_logits
+from ..wrapper import PGNModel, argmax_channels
 from .common import RunContext, StageError, dataset_key, is_up_to_date, log, stage_fingerprint, write_manifest
 
 STAGE = "infer"
@@ -245,6 +245,9 @@ def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, dev
     if bad:
         raise StageError(f"infer: the model output for frame {bad[0]!r} of {ds!r} contains NaN "
                          f"or inf (frames affected in this batch: {bad})")
+    # a model may return logits smaller than the image (SegFormer: 1/4): predict at the image size
+    logits = image_logits(out.logits, x.shape[-2:], wrapper.align_corners)
+    pred = out.pred if logits is out.logits else argmax_channels(logits)
     names = list(out.maps)
     stacked = torch.stack([out.maps[n] for n in names], dim=1) if names else None  # (B, K, h, w)
     base_cfg = cfg["baselines"]
@@ -258,7 +261,7 @@ def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, dev
             baselines = _compute_baselines(loaded, members, base_cfg, x[i:i + 1], cfg["seed"], frame.frame_id)
         record = Record(
             frame_id=frame.frame_id,
-            pred=out.pred[i].cpu().numpy().astype(np.uint8),
+            pred=pred[i].cpu().numpy().astype(np.uint8),
             logits=relative_logits(out.feature_logits[i]),
             label=frame.label,
             **_pgn_fields(stacked, i),

@@ -120,7 +120,7 @@ def conv_mismatch(psi: Tensor, z: Tensor, conv: nn.Conv2d, projections: int | No
         got = _project(r, got)
         ra = r.abs()
         scale = (ra @ knorm).view(1, -1, 1, 1) * patch[:, None] + (ra @ babs).view(1, -1, 1, 1)
-        tol = scale * (rho + _eps(low))
+        tol = scale * (rho + _eps(low) + _matmul_rounding(got))
     return _mismatch(got, expected, tol)
 
 
@@ -159,7 +159,7 @@ def resize_mismatch(z: Tensor, y: Tensor, align_corners: bool, projections: int 
     if zz.shape[-2:] != got.shape[-2:]:
         zz = F.interpolate(zz, size=got.shape[-2:], mode="bilinear", align_corners=align_corners)
     expected, scale = zz.split(got.shape[1], dim=1)
-    tol = scale * (_rho(n, work) + _eps(y.dtype) + _eps(z.dtype))
+    tol = scale * (_rho(n, work) + _eps(y.dtype) + _eps(z.dtype) + _matmul_rounding(got))
     return _mismatch(got, expected, tol)
 
 
@@ -274,8 +274,13 @@ def _conv_input_rounding(z: Tensor) -> float:
     the model's conv and the recomputation may both round): 2·2^-10, else 0."""
     if z.device.type != "cuda" or z.dtype != torch.float32:
         return 0.0
-    try:
-        tf32 = torch.backends.cudnn.conv.fp32_precision == "tf32"
-    except AttributeError:  # older torch
-        tf32 = bool(torch.backends.cudnn.allow_tf32)
-    return 2.0 * 2.0**-10 if tf32 else 0.0
+    return 2.0 * 2.0**-10 if bool(torch.backends.cudnn.allow_tf32) else 0.0
+
+
+def _matmul_rounding(x: Tensor) -> float:
+    """The same for the projections' float32 matrix products on CUDA when TF32 matmul is allowed
+    (torch's default, precision "highest", does not)."""
+    if x.device.type != "cuda" or x.dtype != torch.float32:
+        return 0.0
+    mantissa = {"high": 10, "medium": 8}.get(torch.get_float32_matmul_precision())  # TF32, bfloat16
+    return 0.0 if mantissa is None else 2.0 * 2.0**-mantissa

@@ -220,7 +220,7 @@ def run(args) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     report["seconds"] = time.perf_counter() - started
-    print(f"\nThe paper's Table 4 (Quadro P6000, 1024 x 2048): PGN oh+uni / softmax = "
+    print("\nThe paper's Table 4 (Quadro P6000, 1024 x 2048): PGN oh+uni / softmax = "
           + ", ".join(f"{net} {row['pgn'] / row['softmax']:.3f}" for net, row in PAPER.items())
           + f"; this run took {report['seconds']:.0f} s")
     if args.out:

@@ -83,6 +83,12 @@ class Entropy(str, enum.Enum):
     metaseg = "metaseg"  # MetaSeg's Σ s log(s + 1.19e-7) / log(1/C), to reproduce its columns
 
 
+class Normalize(str, enum.Enum):
+    imagenet = "imagenet"  # ImageNet mean/std (torchvision, most HuggingFace checkpoints)
+    none = "none"  # the image in [0, 1] as it is
+    custom = "custom"  # model.mean and model.std
+
+
 class ModelInit(str, enum.Enum):
     checkpoint = "checkpoint"  # load model.checkpoint (a state_dict file)
     target = "target"  # the target loads its own weights (e.g. from_pretrained of a local folder)
@@ -206,8 +212,10 @@ class CustomModel:
     init: ModelInit = ModelInit.checkpoint  # where the weights come from
     checkpoint: Optional[str] = None  # a state_dict file (for init=checkpoint)
     last_conv: Optional[str] = None  # module name of the last conv; null: found by forward hooks
-    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # RGB in [0, 1]
-    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    normalize: Normalize = Normalize.imagenet  # input normalisation of RGB in [0, 1]
+    mean: Optional[List[float]] = None  # three numbers, with normalize=custom only
+    std: Optional[List[float]] = None  # three numbers > 0, with normalize=custom only
+    output: Optional[str] = None  # where the logits are in what the model returns: null (the tensor, key out, then logits, attribute logits), a key or attribute name, or a tuple index
 
 
 MODELS: dict[str, type] = {"synthetic_compact": ShippedModel, "custom": CustomModel}
@@ -618,6 +626,13 @@ def check_model(model: dict) -> None:
     except OmegaConfBaseException as e:
         raise ConfigError(f"model.{getattr(e, 'full_key', '') or '?'}: {one_line(e)}") from None
     model.update(OmegaConf.to_container(typed, enum_to_str=True))
+    from .models.loader import ModelError, input_normalization, output_selector
+
+    try:  # model.normalize with model.mean/std, model.output
+        input_normalization(model)
+        output_selector(model)
+    except ModelError as e:
+        raise ConfigError(str(e)) from None
     target = resolve_target(model["_target_"])
     params = inspect.signature(target).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -72,7 +72,7 @@ def test_bad_normalization_is_one_clear_error(cfg, message):
 
 def test_output_selector_is_checked():
     assert output_selector({}) is None and output_selector({"output": "logits"}) == "logits"
-    assert output_selector({"output": 1}) == 1
+    assert output_selector({"output": 1}) == 1 and output_selector({"output": "-1"}) == -1  # from the CLI
     with pytest.raises(ValueError, match="model.output=1.5"):
         output_selector({"output": 1.5})
     with pytest.raises(ValueError, match="model.output=True"):
@@ -80,8 +80,8 @@ def test_output_selector_is_checked():
 
 
 def test_preprocess_applies_the_configured_normalization():
-    cfg = {"name": "checkpoint", "factory": "compact", "num_classes": 5, "normalize": "custom",
-           "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 2.0]}
+    cfg = {"name": "custom", "_target_": "metaseg_pgn.models.compact", "init": "random", "num_classes": 5,
+           "normalize": "custom", "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 2.0]}
     loaded = load_model(cfg, torch.device("cpu"))
     image = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)
     x = loaded.preprocess([image], torch.device("cpu"))
@@ -91,7 +91,7 @@ def test_preprocess_applies_the_configured_normalization():
 
 def test_infer_runs_a_model_that_returns_a_tuple(tmp_path):
     run = tmp_path / "run"
-    ov = tiny_overrides(run, n=2) + ["ood_datasets=[]", "stage=infer", f"model.factory={__name__}:tuple_compact",
+    ov = tiny_overrides(run, n=2) + ["ood_datasets=[]", "stage=infer", f"model._target_={__name__}.tuple_compact",
                                      "model.output=1", "model.normalize=none"]
     cfg = config_mod.compose(ov)
     run_pipeline(cfg)
@@ -114,7 +114,7 @@ def test_a_model_with_logits_smaller_than_the_image_predicts_at_the_image_size(t
     size; the prediction is the argmax of the logits resized bilinearly."""
     run = tmp_path / "run"
     ov = tiny_overrides(run, n=2) + ["ood_datasets=[]", "stage=[infer,features]",
-                                     f"model.factory={__name__}:quarter_compact", "meta.feature_sets=[metaseg,pgn_oh]"]
+                                     f"model._target_={__name__}.quarter_compact"]
     cfg = config_mod.compose(ov)
     run_pipeline(cfg)
     ds = make_dataset(dataset_configs(cfg)[0])
@@ -129,3 +129,13 @@ def test_a_model_with_logits_smaller_than_the_image_predicts_at_the_image_size(t
     assert np.array_equal(record.pred, pred.numpy().astype(np.uint8))
     assert record.baselines.shape[-2:] == frame.image.shape[:2]
     assert list((run / "features").rglob("*.parquet"))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["model.normalize=custom"], "model.normalize=custom needs model.mean and model.std"),
+    (["model.mean=[0.5,0.5,0.5]"], "model.mean given but model.normalize=imagenet"),
+    (["model.normalize=bgr"], "model.normalize"),
+])
+def test_bad_normalization_is_refused_when_the_configuration_is_composed(tmp_path, extra, message):
+    with pytest.raises(config_mod.ConfigError, match=message):
+        config_mod.compose(tiny_overrides(tmp_path / "run") + extra)

@@ -144,3 +144,27 @@ def test_mask2former_is_refused_with_the_reason():
     model = transformers.Mask2FormerForUniversalSegmentation(cfg).eval()
     with pytest.raises(ValueError, match="mask-classification model"):
         PGNModel(model)(torch.randn(1, 3, 64, 64))
+
+
+def test_pipeline_runs_a_segformer_loaded_from_a_local_folder(tmp_path):
+    """model=custom with the HuggingFace loader as _target_ (model.init=target): infer and features
+    run, both layers' maps, predictions at the image size (SegFormer's logits are 1/4 of it)."""
+    from conftest import tiny_overrides
+    from metaseg_pgn import config as config_mod
+    from metaseg_pgn.run import run_pipeline
+    from metaseg_pgn.store import read_record
+
+    folder = tmp_path / "segformer"
+    segformer(9).float().save_pretrained(folder)
+    run = tmp_path / "run"
+    cfg = config_mod.compose(tiny_overrides(run, n=2) + [
+        "ood_datasets=[]", "stage=[infer,features]", "model.init=target",
+        "model._target_=transformers.SegformerForSemanticSegmentation.from_pretrained",
+        f"+model.pretrained_model_name_or_path={folder}", "pgn.layers=[last,deep]", "baselines.mc_dropout.samples=2"])
+    run_pipeline(cfg)
+    records = sorted((run / "infer").rglob("*.npz"))
+    assert len(records) == 2
+    record = read_record(records[0])
+    assert record.pred.shape == (64, 128) and int(record.pred.max()) < C
+    assert len(record.pgn_names) == 20 and any(n.startswith("pgn_deep") for n in record.pgn_names)
+    assert list((run / "features").rglob("*.parquet"))

@@ -22,7 +22,11 @@ before and after each call; the table gives medians and the ratio of medians to 
 
 The autograd check runs each model in float64 on the device at ``--check-size``: the wrapper's
 maps of both layers against the norms of per-pixel gradients from ``torch.autograd`` at sampled
-pixels of the last conv's output (maximum relative error reported; it must be < 1e-9).
+pixels of the last conv's output (maximum relative error reported; it must be < 1e-9). The
+autocast check runs the float32 model under float16 and bfloat16 autocast: the wrapper (every
+check on every pixel) must accept it, and its maps must equal the float64 computation from the
+tensors the convs read and wrote within the float32 path's bounds (1e-5; 3e-3 for the deeper
+layer's p < 1).
 
 Usage::
 
@@ -56,13 +60,14 @@ from runtime import PAPER, measure  # noqa: E402
 from metaseg_pgn.baselines import mc_dropout_maps  # noqa: E402
 from metaseg_pgn.io import write_json  # noqa: E402
 from metaseg_pgn.models import compact, resnet50_sized  # noqa: E402
-from metaseg_pgn.pgn import LABELS, PGN_PS, map_name  # noqa: E402
+from metaseg_pgn.pgn import LABELS, PGN_PS, deeper_layer_pgn, last_layer_pgn, map_name  # noqa: E402
 from metaseg_pgn.wrapper import PGNModel  # noqa: E402
 
 NUM_CLASSES = 19
 MODELS = ("deeplabv3plus_r50", "tv_deeplabv3_r50", "deeplabv3plus_compact")
 DEFAULT_MODELS = MODELS[:2]  # the compact model is for quick smoke runs
 PRECISIONS = ("fp32", "bf16")
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: Upper bound of the autograd check's maximum relative error (float64 on the device).
 AUTOGRAD_RTOL = 1e-9
 
@@ -174,6 +179,43 @@ def autograd_check(name: str, model: nn.Module, kw: dict, device: torch.device, 
             "ok": max(worst.values()) < AUTOGRAD_RTOL}
 
 
+def autocast_check(name: str, model: nn.Module, kw: dict, device: torch.device, size, dtype: torch.dtype) -> dict:
+    """Under autocast in ``dtype``: the wrapper's maps (both layers) against the float64 computation
+    from the tensors the convs read and wrote (captured by hooks in the same forward), and the
+    checks must not refuse the model (they run on every pixel)."""
+    torch.manual_seed(4)
+    x = torch.randn(1, 3, *size, device=device)
+    wrapped = PGNModel(model, deeper=True, **kw)
+    with torch.autocast(device.type, dtype=dtype):
+        wrapped(x)  # finds the layers
+    modules = dict(model.named_modules())
+    last, prev = modules[wrapped.last_conv], modules[wrapped.deeper_layers[0]]
+    bn = None if wrapped.deeper_layers[1] is None else modules[wrapped.deeper_layers[1]]
+    got = {}
+    hooks = [last.register_forward_hook(lambda m, i, o: got.update(psi=i[0], z=o)),
+             prev.register_forward_hook(lambda m, i, o: got.update(prev=i[0], u=o))]
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            out = wrapped(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    f64 = torch.float64
+    z = got["z"].to(f64)
+    expected = last_layer_pgn(got["psi"].to(got["z"].dtype).to(f64), z, last)
+    expected.update(deeper_layer_pgn(got["prev"].to(got["u"].dtype).to(f64), prev, bn, got["psi"].to(f64), z, last,
+                                     clip=wrapped.activation_clip))
+    worst = {"last": 0.0, "deep": 0.0, "deep_p<1": 0.0}
+    for key, m in out.maps.items():
+        rel = float(((m - expected[key]).abs() / expected[key].abs().clamp_min(1e-300)).max())
+        group = "last" if "last" in key else ("deep_p<1" if key.endswith(("p0_1", "p0_3", "p0_5")) else "deep")
+        worst[group] = max(worst[group], rel)
+    ok = worst["last"] <= 1e-5 and worst["deep"] <= 1e-5 and worst["deep_p<1"] <= 3e-3
+    return {"model": name, "autocast": str(dtype).replace("torch.", ""), "size": list(size),
+            "logits_dtype": str(got["z"].dtype).replace("torch.", ""),
+            **{f"max_rel_error_{k}": v for k, v in worst.items()}, "ok": ok}
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -189,7 +231,7 @@ def run(args) -> dict:
           f"{args.repeats} interleaved repeats after {args.warmup} warm-up, MC dropout {args.samples} samples")
     report = {"device": dev_name, "device_type": device.type, "torch": torch.__version__, "size": list(size),
               "repeats": args.repeats, "warmup": args.warmup, "samples": args.samples, "timings": [],
-              "autograd": [], "skipped": []}
+              "autograd": [], "autocast": [], "skipped": []}
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
     for name in args.models:
         try:
@@ -210,6 +252,13 @@ def run(args) -> dict:
             print_block(name, precision, med)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        for dtype in args.autocast_check:
+            check = autocast_check(name, model, kw, device, tuple(args.check_size), AUTOCAST[dtype])
+            report["autocast"].append(check)
+            print(f"autocast check {name} ({dtype}, logits {check['logits_dtype']}): max rel. error vs float64 "
+                  f"from the captured tensors: last {check['max_rel_error_last']:.1e}, deep "
+                  f"{check['max_rel_error_deep']:.1e} (p < 1: {check['max_rel_error_deep_p<1']:.1e}) "
+                  f"-> {'ok' if check['ok'] else 'FAILED'}")
         if not args.no_autograd:
             check = autograd_check(name, model, kw, device, tuple(args.check_size or size), args.check_pixels)
             report["autograd"].append(check)
@@ -256,8 +305,13 @@ def main(argv=None) -> dict:
                         help="input size of the float64 autograd check (default: --size, capped at 512 x 1024)")
     parser.add_argument("--check-pixels", type=int, default=12, help="random pixels of the autograd check")
     parser.add_argument("--no-autograd", action="store_true")
+    parser.add_argument("--autocast-check", nargs="*", choices=list(AUTOCAST), default=None,
+                        help="autocast dtypes whose maps are checked against float64 from the captured "
+                             "tensors (default: fp16 bf16 on CUDA, none on the CPU, where bf16 is emulated)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
+    if args.autocast_check is None:
+        args.autocast_check = list(AUTOCAST) if args.device.startswith("cuda") else []
     if args.precisions is None:
         args.precisions = list(PRECISIONS) if args.device.startswith("cuda") else ["fp32"]
     if args.check_size is None:

@@ -24,7 +24,7 @@ def test_smoke_run_on_cpu(gpu_table4, tmp_path):
     try:
         gpu_table4.main(["--device", "cpu", "--size", "64", "128", "--repeats", "1", "--warmup", "1",
                          "--samples", "3", "--models", "deeplabv3plus_compact", "tv_deeplabv3_r50",
-                         "--out", str(out)])
+                         "--autocast-check", "bf16", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
@@ -34,6 +34,8 @@ def test_smoke_run_on_cpu(gpu_table4, tmp_path):
     assert all(t["median_s"] > 0 and t["precision"] == "fp32" for t in report["timings"])
     (check,) = [c for c in report["autograd"] if c["model"] == "deeplabv3plus_compact"]
     assert check["ok"] and check["max_rel_error_last"] < 1e-9 and check["max_rel_error_deep"] < 1e-9
+    (autocast,) = [c for c in report["autocast"] if c["model"] == "deeplabv3plus_compact"]
+    assert autocast["ok"] and autocast["autocast"] == "bfloat16" and autocast["logits_dtype"] == "bfloat16"
     # torchvision imports on the GPU machines only: measured there, reported as skipped here
     measured = {t["model"] for t in report["timings"]}
     assert ("tv_deeplabv3_r50" in measured) != any(s["model"] == "tv_deeplabv3_r50" for s in report["skipped"])

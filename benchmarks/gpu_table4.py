@@ -13,8 +13,9 @@ For each model and precision, at 1024 x 2048 by default, batch 1, everything on 
 
 Models: ``deeplabv3plus_r50`` (:func:`metaseg_pgn.models.resnet50_sized`, ~40 M parameters,
 output stride 8) and ``tv_deeplabv3_r50`` (torchvision's ``deeplabv3_resnet50``, imported only
-here, random initialisation); ``deeplabv3plus_compact`` (1 M parameters) for quick smoke runs. BatchNorm statistics are calibrated on random images first, so that
-activations and ReLU masks look like a trained network's. Precisions: ``fp32`` (torch's defaults,
+here, random initialisation); ``deeplabv3plus_compact`` (1 M parameters) for quick smoke runs.
+BatchNorm statistics are calibrated on random images first, so that activations and ReLU masks
+look like a trained network's. Precisions: ``fp32`` (torch's defaults,
 TF32 convolutions where allowed) and ``bf16`` (the forward under ``torch.autocast``; checks and
 maps run outside autocast from the captured tensors). Timings: warm-up calls, then interleaved
 repeats (every variant once per repetition, the order rotated), ``torch.cuda.synchronize()``

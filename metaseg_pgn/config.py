@@ -215,7 +215,7 @@ class CustomModel:
     normalize: Normalize = Normalize.imagenet  # input normalisation of RGB in [0, 1]
     mean: Optional[List[float]] = None  # three numbers, with normalize=custom only
     std: Optional[List[float]] = None  # three numbers > 0, with normalize=custom only
-    output: Optional[str] = None  # where the logits are in what the model returns: null (the tensor, key out, then logits, attribute logits), a key or attribute name, or a tuple index
+    output: Optional[str] = None  # where its logits are: null (tensor, key out/logits), a key, attribute or index
 
 
 MODELS: dict[str, type] = {"synthetic_compact": ShippedModel, "custom": CustomModel}

@@ -172,6 +172,14 @@ class FishyscapesDataset:
     laf_root: Optional[str] = None  # the LostAndFound images; null: looked for beside root
 
 
+@dataclass
+class NoDataset:
+    """No evaluated dataset (``dataset=none``, as in ``pipeline=smiyc``): only the OoD datasets
+    are run; features, meta and pixel_eval skip themselves."""
+
+    name: str = "none"  # the option
+
+
 DATASETS: dict[str, type] = {
     "synthetic": SyntheticDataset,
     "synthetic_obstacle": SyntheticOoDDataset,
@@ -305,7 +313,7 @@ class OoDEvalConfig:
     """``ood_eval``: SegmentMeIfYouCan pixel and component metrics."""
 
     modes: List[str] = field(default_factory=lambda: ["smiyc", "exact"])  # the benchmark's binned metrics, unbinned
-    export: bool = True  # write the scores in the SMIYC submission layout
+    export: bool = False  # write the scores in the SMIYC submission layout (on in pipeline=smiyc; ~200 MB for the default world)
 
 
 @dataclass
@@ -381,7 +389,7 @@ SECTIONS: dict[str, type] = {
 
 
 _SCHEMAS: dict[str, type] = {cls.__name__: cls for cls in
-                              [RunConfig, *SECTIONS.values(), MCDropoutConfig, EnsembleConfig,
+                              [RunConfig, *SECTIONS.values(), MCDropoutConfig, EnsembleConfig, NoDataset,
                                *DATASETS.values(), *MODELS.values()]}
 
 
@@ -410,6 +418,7 @@ def register_configs() -> None:
     cs.store(name="schema", node=RunConfig)
     for name, cls in DATASETS.items():
         cs.store(group="dataset", name=name, node=cls(name=name))
+    cs.store(group="dataset", name="none", node=NoDataset)
     cs.store(group="model", name="synthetic_compact", node=ShippedModel)
     # A plain mapping rather than the dataclass: a custom model's config adds the target's keyword
     # arguments as keys (in YAML, or with ++ that rewrite_model_kwargs adds); check_model types them.
@@ -562,7 +571,8 @@ def validate(cfg: dict) -> None:
     """Check what the schema cannot: stage names, dataset keys by adapter, the model's target."""
     stages_to_run(cfg)
     check_keys(cfg, RunConfig, "")
-    cfg["dataset"] = check_dataset(cfg["dataset"], "dataset")
+    no_dataset = isinstance(cfg["dataset"], dict) and cfg["dataset"].get("name") == "none"
+    cfg["dataset"] = {"name": "none"} if no_dataset else check_dataset(cfg["dataset"], "dataset")
     cfg["ood_datasets"] = [check_dataset(d, f"ood_datasets[{i}]") for i, d in enumerate(cfg["ood_datasets"])]
     check_model(cfg["model"])
     for p in cfg["pgn"]["ps"]:

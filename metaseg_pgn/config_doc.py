@@ -28,7 +28,7 @@ application. Its configuration is composed from
 1. the schema: one dataclass per section in `metaseg_pgn/config.py` (tables below), so an unknown
    key or a value of the wrong type is an error naming the key (exit status 2, nothing written);
 2. the configs shipped inside the package, `metaseg_pgn/conf/`: `config.yaml` and the config
-   groups `pipeline/` (`synthetic`, the default; `cityscapes`; `smiyc`), `dataset/` and `model/`;
+   groups `pipeline/` (`synthetic`, the default; `cityscapes`; `smiyc`; `folder`), `dataset/` and `model/`;
    a pipeline chooses a dataset and a model option and sets what differs from the schema;
 3. your own config folder, if any (`--config-dir DIR`, searched first: `DIR/pipeline/*.yaml`,
    `DIR/model/*.yaml`, ...; `pipelines/` in the repository is an example);
@@ -160,6 +160,7 @@ def render() -> str:
         parts += [f"### {', '.join(f'`{n}`' for n in names)}", "", inspect.getdoc(cls) or "", "",
                   *HEADER, *table(cls, "dataset.")]
         parts.append("")
+    parts += ["### `none` (only as `dataset=none`)", "", inspect.getdoc(c.NoDataset) or "", ""]
     parts += ["## Models (`model=NAME`)", ""]
     for name, cls in c.MODELS.items():
         parts += [f"### `{name}`", "", inspect.getdoc(cls) or "", "", *HEADER, *table(cls, "model."), ""]

@@ -619,7 +619,8 @@ def evaluate(
         feature_set, run, part ("train"|"test"), n_segments, n_frames, n_features, iou0_rate,
         auroc, accuracy, r2, sigma, note``. Classification metrics are NaN (with the reason in
         ``note``) when the training part of a run has one class only (the run's classifier is
-        skipped), and AuROC is NaN when the part itself has one class only. ``n_frames`` counts
+        skipped), and AuROC is NaN when the part itself has one class only; R² is NaN (reason
+        in ``note``) when the part's IoU is constant (e.g. every segment has IoU 0). ``n_frames`` counts
         the images in the part (-1 without a ``frame_id`` column), ``iou0_rate`` is the fraction
         of segments with IoU = 0 in it.
     predictions : DataFrame, only if ``return_predictions``
@@ -686,7 +687,14 @@ def evaluate(
                         auroc = float(roc_auc_score(y, p_iou0))
                     else:
                         note = f"AuROC undefined: {part} part of run {run} has only iou0={bool(y[0])}"
-                r2 = float(r2_score(iou, iou_pred)) if len(idx) >= 2 else math.nan
+                r2 = math.nan
+                if len(idx) >= 2 and np.ptp(iou) > 0:
+                    r2 = float(r2_score(iou, iou_pred))
+                elif len(idx) >= 2:
+                    # A constant target has no variance to explain: R² is undefined (scikit-learn
+                    # would call a constant prediction of it a perfect 1.0).
+                    note = "; ".join(n for n in (note, f"R² undefined: {part} part of run {run} has "
+                                                       f"constant IoU = {iou[0]:.4g}") if n)
                 rows.append(
                     {
                         "protocol": proto.name,

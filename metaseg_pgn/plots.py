@@ -46,6 +46,36 @@ def save(fig, path: str | Path, dpi: int = 110) -> None:
         f.write(buf.getvalue())
 
 
+RELIABILITY_STYLE = {
+    "common": {"color": "#4c72b0", "label": "up to the lower of accuracy and confidence"},
+    "over": {"color": "#dd8452", "label": "over-confident: confidence − accuracy"},
+    "under": {"color": "#55a868", "hatch": "//", "label": "under-confident: accuracy − confidence"},
+}
+
+
+def reliability_bars(accuracy: np.ndarray, confidence: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The stacked, non-overlapping parts of each reliability bar: kind → (bottom, height).
+
+    ``common`` runs from 0 to min(accuracy, confidence); on top of it ``over`` (confidence above
+    accuracy) or ``under`` (accuracy above confidence) up to the larger of the two. No part is
+    drawn over another (a gap drawn over the accuracy bar read as a colour the legend lacked).
+
+    Parameters
+    ----------
+    accuracy, confidence : ndarray, shape (B,), in [0, 1]
+
+    Returns
+    -------
+    dict
+        ``common``, ``over``, ``under``: (bottom, height) arrays of shape (B,), heights ≥ 0.
+    """
+    acc, conf = np.asarray(accuracy, float), np.asarray(confidence, float)
+    low = np.minimum(acc, conf)
+    return {"common": (np.zeros_like(low), low),
+            "over": (low, np.maximum(conf - acc, 0.0)),
+            "under": (low, np.maximum(acc - conf, 0.0))}
+
+
 def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
     """Reliability diagrams: accuracy per confidence bin, one panel per method.
 
@@ -67,9 +97,12 @@ def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
         acc = np.asarray(d["accuracy"], dtype=float)
         conf = np.asarray(d["confidence"], dtype=float)
         shown = counts > 0
-        ax.bar(centres[shown], acc[shown], width=width[shown] * 0.95, color="#4c72b0", label="accuracy")
-        ax.bar(centres[shown], (conf - acc)[shown], bottom=acc[shown], width=width[shown] * 0.95,
-               color="#dd8452", alpha=0.5, label="gap to confidence")
+        for kind, (bottom, height) in reliability_bars(acc[shown], conf[shown]).items():
+            style = RELIABILITY_STYLE[kind]
+            ax.bar(centres[shown], height, bottom=bottom, width=width[shown] * 0.95, color=style["color"],
+                   hatch=style.get("hatch"), edgecolor="white", linewidth=0, label=style["label"])
+        ax.plot(centres[shown], acc[shown], "_", color="black", ms=10, mew=1.2,
+                label="accuracy" if ax is axes.flat[0] else None)
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set_title(name, fontsize=9)
         ax.set_xlim(0, 1)
@@ -81,7 +114,7 @@ def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
             ax.set_ylabel("accuracy")
     for ax in axes.flat[n:]:
         ax.axis("off")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
+    axes[0, 0].legend(fontsize=6, loc="upper left")
     save(fig, path)
 
 

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         _hydra_main()
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:  # outside the task (while Hydra starts or ends)
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     finally:
         sys.argv = saved
     return 0
@@ -133,6 +136,14 @@ def _task(cfg) -> None:
     except (config_mod.ConfigError, StageError, DataError, RecordError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+# Records and feature rows are written atomically one frame at a time: what finished is kept, and
+# the same command resumes from there.
+INTERRUPTED = "interrupted: the frames finished so far are kept; run the same command again to resume"
 
 
 def _hydra_main() -> None:
@@ -143,12 +154,21 @@ def _hydra_main() -> None:
 
 
 def run_pipeline(cfg: dict) -> None:
-    """Run the configured stages in order (each skips itself when up to date)."""
+    """Run the configured stages in order (each skips itself when up to date).
+
+    Afterwards ``run_info.json`` in the run folder records this invocation: start and end, load
+    average at both, wall time, the seconds of each stage in order and the machine (CPU, threads,
+    GPU, torch), unless every stage was up to date (then nothing in the folder changes).
+    """
     from .stages import STAGE_FUNCTIONS
     from .stages.common import RunContext
 
     ctx = RunContext(cfg)
     rank = int(os.environ.get("RANK", 0))
+    info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_start": _load(),
+            "stages": []}  # [stage, seconds] in the order they ran (a JSON object would be key-sorted)
+    run_started = time.time()
+    before = _manifest_times(ctx)
     for stage in config_mod.stages_to_run(cfg):
         if rank != 0 and stage not in SHARDED_STAGES:
             continue  # under torchrun only infer and features are sharded; rank 0 runs the rest
@@ -156,7 +176,56 @@ def run_pipeline(cfg: dict) -> None:
         logging.info("stage %s: start (run folder %s)", stage, ctx.run_dir)
         with _seeded(int(cfg.get("seed", 0))):
             STAGE_FUNCTIONS[stage](ctx)
+        info["stages"].append([stage, round(time.time() - started, 3)])
         logging.info("stage %s: done in %.1f s", stage, time.time() - started)
+    if rank == 0 and _manifest_times(ctx) != before:  # a run where every stage was up to date touches nothing
+        info.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), load_average_end=_load(),
+                    wall_seconds=round(time.time() - run_started, 3), machine=machine_description())
+        from .io import write_json
+
+        write_json(ctx.run_dir / RUN_INFO, info)
+
+
+RUN_INFO = "run_info.json"
+
+
+def _manifest_times(ctx) -> dict:
+    """When each stage's manifest was last written (to tell whether this invocation computed anything)."""
+    import json
+
+    times = {}
+    for stage in config_mod.STAGES:
+        path = ctx.stage_dir(stage) / "manifest.json"
+        try:
+            m = json.loads(path.read_text()) if path.exists() else {}
+            times[stage] = (m.get("finished"), m.get("fingerprint"), m.get("seconds"))
+        except (OSError, ValueError):
+            times[stage] = "unreadable"
+    return times
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not on every platform
+        return None
+
+
+def machine_description() -> dict:
+    """What ran the pipeline: CPU model and count, torch threads and version, the GPU if used."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "gpu": gpu, "system": platform.system()}
 
 
 @contextlib.contextmanager

@@ -179,8 +179,10 @@ def test_ause_perfect_all_correct_all_wrong():
     rng = np.random.default_rng(8)
     e = rng.random(100)
     assert ause(e, e) == pytest.approx(0.0, abs=1e-15)
-    assert ause(rng.random(100), np.zeros(100)) == 0.0      # all correct, error 0: defined 0
-    assert ause(rng.random(100), np.full(100, 2.0)) == pytest.approx(0.0, abs=1e-15)  # all wrong
+    # a constant error (all correct, or all equally wrong) has nothing to sort: undefined, not 0
+    assert np.isnan(ause(rng.random(100), np.zeros(100)))
+    value, curves = ause(rng.random(100), np.full(100, 2.0), return_curves=True)
+    assert np.isnan(value) and not curves["curve"].any() and not curves["oracle"].any()
     value, curves = ause(-e, e, return_curves=True)            # worst ordering: positive area
     assert value > 0 and curves["oracle"][0] == pytest.approx(1.0)
 
@@ -204,6 +206,29 @@ def test_streaming_ause_equals_pooled_and_subsample_is_reproducible():
     a, b = sub(1), sub(1)
     assert a.compute() == b.compute()
     assert sum(x.size for x in a._u) == 60
+
+
+def test_streaming_ause_keeps_uncertainties_beyond_the_float32_range():
+    # PGN p = 0.1 at the deeper layer reaches ~1e38.5 (float32 max 3.4e38) and spans many decades:
+    # stored as float32 such a map became inf (and tiny values 0), AuSE failed or lost the order.
+    rng = np.random.default_rng(3)
+    frames = []
+    for k in range(3):
+        u = 10.0 ** rng.uniform(-60, 40, size=(6, 7))   # from 1e-60 to 1e40, float64
+        e = rng.random((6, 7)) * 2
+        frames.append((u, e, rng.random((6, 7)) < 0.8))
+    m = AuSE()  # the default float32 storage switches to float64 for the uncertainty
+    for u, e, v in frames:
+        with np.errstate(over="raise", under="raise"):
+            m.update(u, e, v)
+    u = np.concatenate([a[v] for a, _, v in frames])
+    e = np.concatenate([b[v] for _, b, v in frames])
+    assert all(a.dtype == np.float64 for a in m._u)
+    assert m.compute() == pytest.approx(ause_brute(u, e.astype(np.float32)), abs=1e-7)
+    # a map that fits float32 keeps the compact storage
+    small = AuSE()
+    small.update(rng.random((4, 4)), rng.random((4, 4)))
+    assert small._u[0].dtype == np.float32
 
 
 def test_sparsification_bad_inputs():

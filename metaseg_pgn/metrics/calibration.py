@@ -405,7 +405,8 @@ def ause(
     -------
     float, or (float, dict)
         AuSE; with ``return_curves`` a dict ``fractions``, ``curve``, ``oracle`` (normalised).
-        When every error is 0 both curves are 0 and AuSE is 0.0 (defined so, not NaN).
+        When every pixel has the same error (all 0, or every prediction equally wrong) there is
+        nothing to sort and AuSE is undefined: NaN (curves of zeros), never a perfect 0.
     """
     f = _check_fractions(fractions)
     u, e = _prepare_pairs(uncertainty, error, valid)
@@ -414,14 +415,26 @@ def ause(
     curve = _curve_by_order(e, np.argsort(-u.astype(np.float64), kind="stable"), f)
     oracle = _curve_by_order(e, np.argsort(-e.astype(np.float64), kind="stable"), f)
     norm = float(np.mean(e.astype(np.float64)))
-    if norm > 0:
+    if np.ptp(e) > 0:
         curve, oracle = curve / norm, oracle / norm
+        value = _trapezoid(curve - oracle, f)
     else:
         curve, oracle = np.zeros_like(curve), np.zeros_like(oracle)
-    value = _trapezoid(curve - oracle, f)
+        value = float("nan")
     if return_curves:
         return value, {"fractions": f, "curve": curve, "oracle": oracle}
     return value
+
+
+def _fits(values: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether every value survives a cast to the floating ``dtype`` without overflow or
+    flushing a non-zero value to a subnormal/zero (ordering then holds up to rounding)."""
+    if values.size == 0 or values.dtype.itemsize <= np.dtype(dtype).itemsize:
+        return True
+    info = np.finfo(dtype)
+    a = np.abs(values.astype(np.float64, copy=False))
+    nonzero = a[a > 0]
+    return bool(a.max() <= info.max and (nonzero.size == 0 or nonzero.min() >= info.tiny))
 
 
 class AuSE:
@@ -433,7 +446,10 @@ class AuSE:
         As :func:`sparsification_curve`.
     dtype : numpy dtype
         Storage of uncertainty and error (float32 by default: 8 bytes per pixel; rounding to
-        float32 can create ties in uncertainty, broken by position as documented).
+        float32 can create ties in uncertainty, broken by position as documented). An
+        uncertainty that float32 cannot hold (|u| above ~3.4e38, or a non-zero |u| below its
+        smallest normal ~1.2e-38, as PGN with p = 0.1 at the deeper layer reaches) switches the
+        uncertainty storage to float64 for everything added, so no value becomes inf or 0.
     max_pixels_per_frame : int, optional
         Keep a uniform random subset of at most this many evaluated pixels per frame (drawn
         with a generator seeded by ``seed`` and the frame's running index, so results are
@@ -466,6 +482,7 @@ class AuSE:
     def reset(self) -> None:
         self._u: list[np.ndarray] = []
         self._e: list[np.ndarray] = []
+        self._u_dtype = self.dtype
 
     def update(self, uncertainty, error, valid=None) -> None:
         """Add one frame: ``uncertainty`` and ``error`` (H, W), ``valid`` (H, W) bool."""
@@ -476,7 +493,10 @@ class AuSE:
             rng = np.random.default_rng([self.seed, len(self._u)])
             keep = np.sort(rng.choice(u.size, size=self.max_pixels_per_frame, replace=False))
             u, e = u[keep], e[keep]
-        self._u.append(u.astype(self.dtype))
+        if self._u_dtype != np.float64 and not _fits(u, self._u_dtype):
+            self._u_dtype = np.dtype(np.float64)
+            self._u = [a.astype(np.float64) for a in self._u]
+        self._u.append(u.astype(self._u_dtype))
         self._e.append(e.astype(self.dtype))
 
     def compute(self, return_curves: bool = False):

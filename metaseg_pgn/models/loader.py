@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -32,7 +33,9 @@ class LoadedModel:
 
     def preprocess(self, images: list, device: torch.device) -> torch.Tensor:
         """List of (H, W, 3) uint8 RGB arrays (same size) → normalised (B, 3, H, W) float32."""
-        x = torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images]).to(device)
+        # np.require copies read-only arrays (PIL's), which torch.from_numpy would warn about
+        x = torch.stack([torch.from_numpy(np.require(im, requirements=["W"])).permute(2, 0, 1)
+                         for im in images]).to(device)
         x = x.float().div_(255.0)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
@@ -187,8 +190,11 @@ def load_model(model_cfg: dict, device: torch.device, *, seed: int | None = None
         from .pretrained import load_pretrained, pretrained_record
 
         member = model_cfg.get("seed", 0) if seed is None else seed
-        model = load_pretrained(name, seed=member)
-        record = pretrained_record(name, seed=member)
+        try:
+            model = load_pretrained(name, seed=member)
+            record = pretrained_record(name, seed=member)
+        except (FileNotFoundError, ValueError) as e:
+            raise ModelError(f"model={name} (seed {member}): {' '.join(str(e).split())}") from None
         norm = record.get("normalization", {})
         mean = tuple(norm.get("mean", IMAGENET_MEAN))
         std = tuple(norm.get("std", IMAGENET_STD))

@@ -43,14 +43,54 @@ class RunContext:
 
     @property
     def device(self) -> torch.device:
-        name = self.cfg.get("device", "auto")
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(name)
+        return resolve_device(self.cfg.get("device", "auto"))
 
     @property
     def progress(self) -> bool:
         return bool(self.cfg.get("progress", True))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of the setting ``device`` (auto | cpu | cuda | cuda:N | mps ...).
+
+    Raises
+    ------
+    StageError
+        An unknown device name, or a device this machine or torch build does not have (one line
+        naming it, instead of torch's assertion deep inside ``.to(device)``).
+    """
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(str(name))
+    except (RuntimeError, ValueError) as e:
+        raise StageError(f"device={name!r} is not a device name ({e}); use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise StageError(f"device={name!r}: CUDA is not available (torch {torch.__version__}, {build}, "
+                             f"{torch.cuda.device_count()} GPUs visible); use device=cpu or device=auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise StageError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), numbered from 0")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise StageError(f"device={name!r}: MPS is not available on this machine; use device=cpu or device=auto")
+    return device
+
+
+NO_DATASET = "none"  # dataset=none: a pipeline without an evaluated dataset (only OoD sets)
+
+
+def evaluated_dataset(cfg: dict) -> dict | None:
+    """The configuration of the evaluated (semantic) dataset, or None under ``dataset=none``.
+
+    A pipeline that only evaluates OoD sets (``pipeline=smiyc``) has no evaluated dataset; the
+    stages that need one (``features``, ``meta``, ``pixel_eval``) then skip themselves.
+    """
+    ds = cfg.get("dataset")
+    if not ds or ds.get("name") in (None, NO_DATASET):
+        return None
+    return ds
 
 
 def dataset_key(ds_cfg: dict) -> str:

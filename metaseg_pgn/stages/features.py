@@ -37,7 +37,8 @@ from ..maps import ENTROPY_CONVENTIONS
 from ..segments import segment_features
 from ..store import read_record
 from ..table import schema_metadata, write_table
-from .common import RunContext, StageError, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, require_manifest,
+                     stage_fingerprint, write_manifest)
 from .infer import barrier, init_process_group, rank_world, remove_stale_temps
 
 STAGE = "features"
@@ -99,9 +100,13 @@ def run(ctx: RunContext) -> dict:
         log.info("features: up to date")
         return {}
     jobs, parts = [], {}
+    main = evaluated_dataset(ctx.cfg)
+    main_key = dataset_key(main) if main is not None else None
     for key, out in infer_manifest["outputs"].items():
         if out["label_kind"] not in FEATURE_KINDS:
             continue
+        if out["label_kind"] is None and key != main_key:
+            continue  # an OoD set without labels (benchmark test frames): scored by ood_eval only
         name, split = _name_split(ctx.cfg, key)
         frame_dir = ctx.stage_dir(STAGE) / "_frames" / key
         frame_fp = fingerprint({"records": out["fingerprints"], "stage": fp})
@@ -113,8 +118,12 @@ def run(ctx: RunContext) -> dict:
             files.append(str(target))
         parts[key] = (name, split, files)
     if not jobs:
-        raise StageError("features: the infer stage produced no dataset with semantic labels or "
-                         "without labels; nothing to compute")
+        why = ("the run has no evaluated dataset (dataset=none)" if main is None else
+               f"the evaluated dataset {main_key!r} has neither semantic labels nor is unlabelled")
+        log.warning("features: skipped: %s", why)
+        write_manifest(ctx, STAGE, fp, {}, upstream, {"skipped": why}, started)
+        barrier()
+        return {}
     rank, world = rank_world()
     if world > 1:
         init_process_group()

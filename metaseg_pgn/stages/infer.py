@@ -40,7 +40,8 @@ from ..models.loader import load_model
 from ..store import Record, RecordError, read_meta, read_record, relative_logits, encode_logs, write_record
 from ..outputs import image_logits, select_logits
 from ..wrapper import PGNModel, argmax_channels
-from .common import RunContext, StageError, dataset_key, is_up_to_date, log, stage_fingerprint, write_manifest
+from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log,
+                     stage_fingerprint, write_manifest)
 
 STAGE = "infer"
 
@@ -53,8 +54,9 @@ def make_dataset(ds_cfg: dict):
 
 
 def dataset_configs(cfg: dict) -> list[dict]:
-    """The evaluated dataset followed by the OoD datasets, each a dataset config mapping."""
-    return [cfg["dataset"], *cfg.get("ood_datasets", [])]
+    """The evaluated dataset (if any, see :func:`evaluated_dataset`) followed by the OoD datasets."""
+    main = evaluated_dataset(cfg)
+    return [*([main] if main is not None else []), *cfg.get("ood_datasets", [])]
 
 
 def group_fingerprints(cfg: dict, ds_cfg: dict) -> dict[str, str]:
@@ -115,6 +117,8 @@ def run(ctx: RunContext) -> dict:
     if is_up_to_date(ctx, STAGE, fp):
         log.info("infer: up to date")
         return {}
+    if not dataset_configs(cfg):
+        raise StageError("infer: no dataset to run on: dataset=none and ood_datasets is empty")
     rank, world = rank_world()
     if world > 1:
         init_process_group()

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 
 from ..meta import NON_FEATURE_COLUMNS, FeatureSet, evaluate, resolve_feature_sets, summarise, write_results
 from ..table import read_features
-from .common import RunContext, StageError, dataset_key, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, require_manifest,
+                     stage_fingerprint, write_manifest)
 
 STAGE = "meta"
 
@@ -40,7 +41,23 @@ def run(ctx: RunContext) -> dict:
     if is_up_to_date(ctx, STAGE, fp):
         log.info("meta: up to date")
         return {}
-    key = dataset_key(ctx.cfg["dataset"])
+    main = evaluated_dataset(ctx.cfg)
+    skipped = None
+    if main is None:
+        skipped = "the run has no evaluated dataset (dataset=none)"
+    elif (fman["outputs"] or {}).get("skipped"):
+        skipped = f"the features stage skipped itself ({fman['outputs']['skipped']})"
+    else:
+        infer = require_manifest(ctx, "infer", STAGE)
+        kind = (infer["outputs"].get(dataset_key(main)) or {}).get("label_kind", "semantic")
+        if kind != "semantic":
+            skipped = (f"the evaluated dataset {dataset_key(main)!r} has no semantic labels, so its "
+                       "segments have no IoU to learn")
+    if skipped:
+        log.warning("meta: skipped: %s", skipped)
+        write_manifest(ctx, STAGE, fp, config_part, upstream, {"skipped": skipped}, started)
+        return {}
+    key = dataset_key(main)
     if key not in fman["outputs"]:
         raise StageError(f"meta: the feature table has no part for the evaluated dataset {key!r}")
     path = ctx.run_dir / fman["outputs"][key]["path"]

@@ -13,6 +13,12 @@ metrics (+ export ``submission/anomaly_p/{method}/{folder}/{frame}.hdf5`` in the
 benchmark reads, :func:`metaseg_pgn.metrics.submission.submission_folder`; datasets the benchmark
 does not know go to ``{dataset}-{split}``), components at each method's best-F1 threshold.
 Memory stays bounded by the metric objects.
+
+Frames without an OoD label (the benchmark withholds the RoadAnomaly21 / RoadObstacle21 test
+labels) are scored and, with ``ood_eval.export``, exported, but not evaluated; a split with no
+label at all is only exported. The manifest's ``unlabelled`` and the log say what was left out.
+The export is off by default (a default run would write ~200 MB of HDF5) and on in
+``pipeline=smiyc``, whose purpose is a benchmark submission.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from ..io import atomic_write, write_json
 from ..metrics.ood import MODES, SMIYC_MODES, VERSIONS, ComponentOoDMetrics, PixelOoDMetrics
 from ..metrics.submission import submission_folder, write_scores
 from ..store import read_record
-from .common import RunContext, StageError, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, require_manifest,
+                     stage_fingerprint, write_manifest)
 from .infer import dataset_configs, make_dataset
 from ..names import method_label
 from .pixel_eval import method_names
@@ -58,27 +65,41 @@ def run(ctx: RunContext) -> dict:
     if is_up_to_date(ctx, STAGE, fp):
         log.info("ood_eval: up to date")
         return {}
-    from .common import dataset_key
-
     bad = [m for m in ocfg["modes"] if m not in MODES]
     if bad or not ocfg["modes"]:
         raise StageError(f"ood_eval.modes={list(ocfg['modes'])!r}: choose among {list(MODES)}")
-    results, rows, exported = {}, [], {}
+    results, rows, exported, unlabelled = {}, [], {}, {}
+    main = evaluated_dataset(ctx.cfg)
+    main_key = dataset_key(main) if main is not None else None
     for ds_cfg in dataset_configs(ctx.cfg):
         key = dataset_key(ds_cfg)
         out = infer["outputs"].get(key)
-        if out is None or out["label_kind"] != "ood":
+        # The evaluated dataset takes part only with OoD labels; an OoD set without any label (the
+        # benchmark's test frames as distributed) is scored and exported, not evaluated.
+        if out is None or out["label_kind"] not in ("ood", None) or (key == main_key and out["label_kind"] != "ood"):
             continue
         ds = make_dataset(ds_cfg)
         track = track_of(ds, ds_cfg)
         paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
         folder_of = export_folders(ds, key, out["frames"], exported)
-        results[key] = evaluate_split(paths, out["fingerprints"], track, ocfg, ctx, key, folder_of)
+        split = evaluate_split(paths, out["fingerprints"], track, ocfg, ctx, key, folder_of)
+        if split["unlabelled_frames"]:
+            unlabelled[key] = split["unlabelled_frames"]
+        if split["frames"] == 0:
+            continue
+        results[key] = split
         for method, by_mode in results[key]["methods"].items():
             rows.append(_table_row(key, track, method, by_mode))
+    skipped = {k: (f"{len(v)} frames without OoD labels: scores " +
+                   ("exported, not evaluated" if ocfg.get("export") else "not evaluated (ood_eval.export=false)"))
+               for k, v in unlabelled.items()}
+    for key, text in skipped.items():
+        log.warning("ood_eval: %s: %s", key, text)
     if not results:
-        log.warning("ood_eval: the run has no OoD dataset (labels 0/1/255); skipped")
-        write_manifest(ctx, STAGE, fp, ocfg, upstream, {"skipped": "no OoD dataset"}, started)
+        why = "no OoD dataset with labels (0/1/255)" + (
+            f"; {'; '.join(f'{k}: {t}' for k, t in skipped.items())}" if skipped else "")
+        log.warning("ood_eval: skipped: %s", why)
+        write_manifest(ctx, STAGE, fp, ocfg, upstream, {"skipped": why, "unlabelled": skipped}, started)
         return {}
     folder = ctx.stage_dir(STAGE)
     table = pd.DataFrame(rows)
@@ -87,7 +108,7 @@ def run(ctx: RunContext) -> dict:
     write_json(folder / "ood_eval.json", results)
     log.info("ood_eval:\n%s", table.to_string(index=False, max_rows=40))
     outputs = {"table": f"{STAGE}/ood_eval.csv", "json": f"{STAGE}/ood_eval.json",
-               "datasets": sorted(results)}
+               "datasets": sorted(results), "unlabelled": skipped}
     write_manifest(ctx, STAGE, fp, ocfg, upstream, outputs, started)
     return outputs
 
@@ -115,34 +136,45 @@ def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: 
     modes = list(ocfg["modes"])
     progress = ctx.progress
 
-    def records(desc):
-        for path in tqdm(paths, desc=f"ood_eval {key} ({desc})", unit="frame", disable=not progress):
+    def records(desc, which=None):
+        for path in tqdm(which if which is not None else paths, desc=f"ood_eval {key} ({desc})",
+                         unit="frame", disable=not progress):
             record = read_record(path, expect)
-            if record.label is None:
-                raise StageError(f"ood_eval: {path} has no OoD label")
             yield record, score_maps(record)
 
     maxima: dict[str, float] = {}
-    for _, maps in records("max"):
+    labelled, unlabelled = [], []
+    for record, maps in records("max"):
+        (labelled if record.label is not None else unlabelled).append(record.frame_id)
         for m, s in maps.items():
             maxima[m] = max(maxima.get(m, 0.0), float(s.max()))
     methods = list(maxima)
     scale = {m: (1.0 / maxima[m] if maxima[m] > 0 else 1.0) for m in methods}
+    export_root = ctx.stage_dir(STAGE) / "submission"
+    if not labelled:  # nothing to evaluate: only the export
+        if ocfg.get("export"):
+            for record, maps in records("export"):
+                for m in methods:
+                    folder = (folder_of or {}).get(record.frame_id, key)
+                    write_scores(export_root, m, folder, record.frame_id, maps[m] * scale[m])
+        return {"track": track, "frames": 0, "unlabelled_frames": unlabelled, "score_scale": scale,
+                "methods": {}}
 
     pixel = {(m, mode): PixelOoDMetrics(mode) for m in methods for mode in modes}
     uniform = {(m, mode): PixelOoDMetrics(mode, binning="uniform")
                for m in methods for mode in modes if mode in SMIYC_MODES}
-    export_root = ctx.stage_dir(STAGE) / "submission"
     for record, maps in records("pixels"):
         for m in methods:
             score = maps[m] * scale[m]
+            if ocfg.get("export"):
+                folder = (folder_of or {}).get(record.frame_id, key)
+                write_scores(export_root, m, folder, record.frame_id, score)
+            if record.label is None:
+                continue  # scored (and exported), not evaluated
             for mode in modes:
                 pixel[m, mode].update(score, record.label, record.frame_id)
                 if (m, mode) in uniform:
                     uniform[m, mode].update(score, record.label, record.frame_id)
-            if ocfg.get("export"):
-                folder = (folder_of or {}).get(record.frame_id, key)
-                write_scores(export_root, m, folder, record.frame_id, score)
 
     summary = {m: {} for m in methods}
     components = {}
@@ -157,7 +189,8 @@ def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: 
             components[m, mode] = ComponentOoDMetrics(track, threshold, mode)
             if (m, mode) in uniform:
                 summary[m][mode]["pixel_uniform"] = uniform[m, mode].compute()
-    for record, maps in records("components"):
+    labelled_paths = [p for p in paths if p.stem in set(labelled)]
+    for record, maps in records("components", labelled_paths):
         for (m, mode), comp in components.items():
             comp.update(maps[m] * scale[m], record.label, record.frame_id)
     for (m, mode), comp in components.items():
@@ -165,7 +198,8 @@ def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: 
             summary[m][mode]["component"] = comp.compute()
         except ValueError as e:
             summary[m][mode]["component"] = {"error": str(e)}
-    return {"track": track, "frames": len(paths), "score_scale": scale, "methods": summary}
+    return {"track": track, "frames": len(labelled), "unlabelled_frames": unlabelled, "score_scale": scale,
+            "methods": summary}
 
 
 def _table_row(key: str, track: str, method: str, by_mode: dict) -> dict:

@@ -9,6 +9,12 @@ ensemble, every PGN map — over its non-void pixels:
 - AuSE: error = per-pixel Brier score, uncertainty = the score (V = 1 − max softmax for max
   softmax); pixels subsampled per frame (seeded) to ``max_pixels`` in total.
 
+An undefined metric (AuSE when every pixel has the same error) is empty in the CSV, null in the
+JSON, with the reason in the row's ``note``.
+
+The network's own quality on the same pixels: per-class IoU and mIoU (pooled confusion matrix,
+``pixel_eval/segmentation.csv``, and ``mIoU`` in the JSON and the manifest).
+
 Writes ``pixel_eval/pixel_eval.{json,csv}`` (one row per method; the JSON also holds the
 reliability diagrams and sparsification curves) and figures ``reliability.png``,
 ``sparsification.png``.
@@ -25,11 +31,15 @@ from tqdm import tqdm
 from ..names import method_label
 from ..io import atomic_write, write_json
 from ..metrics.calibration import AuSE, ECE, brier_error, confidence_from_score
+from ..metrics.segmentation import ConfusionMatrix
 from ..store import read_record
-from .common import RunContext, StageError, dataset_key, is_up_to_date, log, require_manifest, stage_fingerprint, write_manifest
+from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, require_manifest,
+                     stage_fingerprint, write_manifest)
 
 STAGE = "pixel_eval"
 VOID = 255
+UNDEFINED_AUSE = ("AuSE undefined: every evaluated pixel has the same Brier error, so no ordering "
+                  "of the pixels can be better than another")
 
 
 def method_names(record) -> list[str]:
@@ -55,10 +65,13 @@ def run(ctx: RunContext) -> dict:
     if is_up_to_date(ctx, STAGE, fp):
         log.info("pixel_eval: up to date")
         return {}
-    out = infer["outputs"].get(dataset_key(ctx.cfg["dataset"]))
+    main = evaluated_dataset(ctx.cfg)
+    out = infer["outputs"].get(dataset_key(main)) if main is not None else None
     if out is None or out["label_kind"] != "semantic":
-        log.warning("pixel_eval: the evaluated dataset has no semantic labels; skipped")
-        write_manifest(ctx, STAGE, fp, pcfg, upstream, {"skipped": "no semantic labels"}, started)
+        why = ("the run has no evaluated dataset (dataset=none)" if main is None else
+               f"the evaluated dataset {dataset_key(main)!r} has no semantic labels")
+        log.warning("pixel_eval: skipped: %s", why)
+        write_manifest(ctx, STAGE, fp, pcfg, upstream, {"skipped": why}, started)
         return {}
     paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
     expect = out["fingerprints"]
@@ -73,12 +86,15 @@ def run(ctx: RunContext) -> dict:
             maxima[m] = max(maxima.get(m, 0.0), float(maps[m][valid].max(initial=0.0)))
 
     per_frame = max(1, int(pcfg["max_pixels"]) // max(len(paths), 1))
+    confusion = None
     eces = {m: ECE(int(pcfg["n_bins"])) for m in methods}
     auses = {m: AuSE(max_pixels_per_frame=per_frame, seed=int(ctx.cfg["seed"])) for m in methods}
     for record, probs, maps in _frames(paths, expect, ctx.progress, "pixel_eval"):
         valid = record.label != VOID
         correct = record.pred == record.label
         error = brier_error(probs, record.label)
+        confusion = confusion or ConfusionMatrix(record.num_classes, VOID)
+        confusion.update(record.pred, record.label)
         for m in methods:
             if m == "V":
                 confidence = 1.0 - maps["V"]
@@ -92,21 +108,40 @@ def run(ctx: RunContext) -> dict:
     rows, curves = [], {}
     for m in methods:
         value, curve = auses[m].compute(return_curves=True)
+        note = "" if np.isfinite(value) else UNDEFINED_AUSE
         rows.append({"method": m, "name": method_label(m), "ECE": eces[m].compute(), "AuSE": value,
-                     "max_over_test": maxima[m]})
+                     "max_over_test": maxima[m], "note": note})
         curves[m] = {"reliability": _plain(eces[m].diagram()), "sparsification": _plain(curve)}
     table = pd.DataFrame(rows)
     folder = ctx.stage_dir(STAGE)
     with atomic_write(folder / "pixel_eval.csv", "w") as f:
         table.to_csv(f, index=False)
+    segmentation = segmentation_table(confusion)
+    with atomic_write(folder / "segmentation.csv", "w") as f:
+        segmentation.to_csv(f, index=False)
     write_json(folder / "pixel_eval.json", {"table": rows, "curves": curves, "n_bins": pcfg["n_bins"],
-                                            "frames": len(paths), "dataset": dataset_key(ctx.cfg["dataset"])})
+                                            "frames": len(paths), "dataset": dataset_key(main),
+                                            "mIoU": confusion.miou(),
+                                            "segmentation": segmentation.to_dict(orient="records")})
     _figures(folder, table, curves)
     log.info("pixel_eval:\n%s", table[["name", "ECE", "AuSE"]].to_string(index=False))
+    log.info("pixel_eval: the network's mIoU on %s: %.4f", dataset_key(main), confusion.miou())
     outputs = {"table": f"{STAGE}/pixel_eval.csv", "json": f"{STAGE}/pixel_eval.json",
+               "segmentation": f"{STAGE}/segmentation.csv", "mIoU": confusion.miou(),
                "figures": [f"{STAGE}/reliability.png", f"{STAGE}/sparsification.png"]}
     write_manifest(ctx, STAGE, fp, pcfg, upstream, outputs, started)
     return outputs
+
+
+def segmentation_table(confusion: ConfusionMatrix) -> pd.DataFrame:
+    """One row per class: ``class_id, class, IoU`` (NaN where undefined), ``gt_pixels``,
+    ``pred_pixels`` (predictions on non-void pixels)."""
+    from ..data.palette import CLASS_NAMES
+
+    c = confusion.num_classes
+    names = [CLASS_NAMES[k] if c == len(CLASS_NAMES) else f"class {k}" for k in range(c)]
+    return pd.DataFrame({"class_id": np.arange(c), "class": names, "IoU": confusion.iou(),
+                         "gt_pixels": confusion.gt_pixels(), "pred_pixels": confusion.pred_pixels()})
 
 
 def _plain(obj):

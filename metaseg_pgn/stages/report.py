@@ -35,7 +35,7 @@ from ..data.palette import CLASS_NAMES, PALETTE, colorize
 from ..io import atomic_write
 from ..metrics.ood import SMIYC_MODES, VERSIONS
 from ..names import method_label
-from .common import (RunContext, dataset_key, is_up_to_date, log, read_manifest, require_manifest,
+from .common import (RunContext, dataset_key, evaluated_dataset, is_up_to_date, log, read_manifest, require_manifest,
                      stage_fingerprint, write_manifest)
 
 STAGE = "report"
@@ -168,10 +168,11 @@ def _bold(text: str) -> str:
 
 
 def _best_index(values: Sequence[Any], lower_is_better: bool = False) -> set[int]:
-    """Indices of the best finite value (ties all count); empty when none is finite."""
+    """Indices of the best finite value (ties all count); empty when fewer than two are finite
+    or all finite values are equal (nothing is better than anything else)."""
     vals = [float(v) if not _isnan(v) else math.nan for v in values]
     finite = [v for v in vals if not math.isnan(v)]
-    if len(finite) < 2:
+    if len(finite) < 2 or min(finite) == max(finite):
         return set()
     best = min(finite) if lower_is_better else max(finite)
     return {i for i, v in enumerate(vals) if v == best}
@@ -431,21 +432,58 @@ class _Builder:
         rows = [("Pipeline", f"`{self.pipeline}`"), ("Model", _model_text(cfg["model"]))]
         frames = len(ev.get("frames", []))
         segs = ((self.m.get("features") or {}).get("outputs") or {}).get(self.key, {}).get("rows")
-        text = f"`{self.key}`: {frames} frames"
-        text += f", {segs} segments" if segs is not None else " (segments: the stage `features` has not run)"
+        if evaluated_dataset(cfg) is None:
+            text = "none (`dataset=none`: OoD datasets only)"
+        else:
+            text = f"`{self.key}`: {frames} frames" + ("" if ev.get("label_kind") else ", without labels")
+            text += f", {segs} segments" if segs is not None else " (segments: the stage `features` has not run)"
         rows.append(("Evaluated dataset", text))
         ood = [k for k, o in out.items() if o.get("label_kind") == "ood"]
         others = [k for k, o in out.items() if k != self.key and o.get("label_kind") != "ood"]
         rows.append(("OoD datasets", ", ".join(f"`{k}` ({len(out[k]['frames'])} frames)" for k in ood) or "none"))
         if others:
-            rows.append(("Other datasets", ", ".join(f"`{k}` ({len(out[k]['frames'])} frames)" for k in others)))
+            rows.append(("Datasets without labels", ", ".join(f"`{k}` ({len(out[k]['frames'])} frames)"
+                                                           for k in others)))
+        rows.append(("Network quality", self._quality_text()))
         rows.append(("PGN maps", _pgn_text(cfg.get("pgn", {}))))
         rows.append(("Sampling baselines", _baselines_text(cfg.get("baselines", {}))))
         stages = ", ".join(f"{s} `{(self.m[s] or {}).get('fingerprint')}`" for s in UPSTREAM if self.m.get(s))
         rows.append(("Configuration fingerprint", f"`{self.fp}` (stages: {stages})"))
         rows.append(("Software", f"metaseg_pgn {infer.get('version', __version__)}, "
                                  f"torch {infer.get('torch', DASH)} (inference)"))
+        ran = {s: float(m["seconds"]) for s in UPSTREAM if (m := self.m.get(s)) and "seconds" in m}
+        rows.append(("Run time", f"{_duration(sum(ran.values()))} for the stages before the report ("
+                     + ", ".join(f"{s} {_duration(t)}" for s, t in ran.items())
+                     + "; each as recorded when it last ran)"))
+        sizes = {s: folder_size(self.ctx.stage_dir(s)) for s in UPSTREAM}
+        export = folder_size(self.ctx.stage_dir("ood_eval") / "submission")
+        rows.append(("Output size", f"{_megabytes(sum(sizes.values()))} before the report ("
+                     + ", ".join(f"{s} {_megabytes(b)}" for s, b in sizes.items() if b)
+                     + (f"; the SMIYC export `ood_eval/submission/` {_megabytes(export)}" if export else "")
+                     + ")"))
         self.doc.table(["Setting", "Value"], rows, align="ll")
+
+    def _quality_text(self) -> str:
+        pix = self.m.get("pixel_eval") or {}
+        miou = (pix.get("outputs") or {}).get("mIoU")
+        if miou is None:
+            why = _missing("pixel_eval", self.m) or "the stage `pixel_eval` did not record it."
+            return f"{DASH} (mIoU and per-class IoU come from `pixel_eval`: {why.rstrip('.')})"
+        return (f"mIoU {fmt_num(miou, 3)} on `{self.key}` (the network's own segmentation of the evaluated "
+                "frames; per-class IoU in [Pixel-level evaluation](#pixel-level-evaluation))")
+
+    def _class_iou_table(self, outs: dict) -> None:
+        rel = outs.get("segmentation")
+        if not rel or not self.path(rel).exists():
+            return
+        seg = pd.read_csv(self.path(rel))
+        seg = seg[(seg["gt_pixels"] > 0) | (seg["pred_pixels"] > 0)]
+        self.doc.p(f"Segmentation quality of the evaluated network on `{self.key}` (pooled over the frames, "
+                   f"void excluded): mIoU **{fmt_num(outs.get('mIoU'), 3)}** over the {len(seg)} classes that "
+                   "occur in the ground truth or the prediction.")
+        self.doc.table(["Class", "IoU", "ground-truth pixels", "predicted pixels"],
+                       [[str(r["class"]), fmt_num(r["IoU"], 3), f"{int(r['gt_pixels']):,}", f"{int(r['pred_pixels']):,}"]
+                        for _, r in seg.iterrows()], align="lrrr")
 
     # -- meta
 
@@ -567,6 +605,10 @@ class _Builder:
             return
         df = read_features(path, columns=cols + ["iou"])
         df = df[df["iou"].notna()]
+        if df.empty:
+            self.doc.p(f"No segment of `{self.key}` has an IoU target (the dataset has no labels): "
+                       "no correlations.")
+            return
         corr = feature_correlations(df, cols, df["iou"].to_numpy(dtype=float))
         if corr.empty:
             self.doc.p("Every `*_mean` feature is constant over the segments: no correlations.")
@@ -725,6 +767,7 @@ class _Builder:
             self.doc.p(why)
             return
         outs = self.m["pixel_eval"]["outputs"]
+        self._class_iou_table(outs)
         table = pd.read_csv(self.path(outs["table"]))
         self.doc.p(f"Per pixel of `{self.key}` (void excluded). ECE with "
                    f"{(self.m['pixel_eval'].get('config') or {}).get('n_bins', DASH)} equal-width bins; the "
@@ -740,12 +783,19 @@ class _Builder:
             rows.append([method_label(r.method), f"`{r.method}`", _bold(e) if i in best_e else e,
                          _bold(a) if i in best_a else a])
         self.doc.table(["Method", "key", "ECE", "AuSE"], rows, align="llrr")
+        notes = table["note"].dropna().astype(str) if "note" in table.columns else pd.Series([], dtype=str)
+        for note in dict.fromkeys(n for n in notes if n):
+            keys = ", ".join(f"`{m}`" for m in table.loc[table["note"] == note, "method"])
+            self.doc.p(f"“–”: {note} ({keys}).")
         self.doc.p(_pixel_sentence(table))
         self.doc.p("Published values (the PGN paper's Table 1: Cityscapes, WideResNet38; context only, "
                    "not comparable with this run's data):")
         self.doc.table(["Method (published)", "ECE", "AuSE"], [list(r) for r in PUBLISHED_PIXEL], align="lrr")
-        captions = {"reliability.png": "Reliability diagrams (accuracy per confidence bin; dashed: perfect "
-                                       "calibration) of the baselines and the best PGN map of each label by AuSE.",
+        captions = {"reliability.png": "Reliability diagrams of the baselines and the best PGN map of each label "
+                                       "by AuSE: per confidence bin, blue up to the lower of accuracy and mean "
+                                       "confidence, then orange where the confidence is higher (over-confident) or "
+                                       "green hatched where the accuracy is higher (under-confident); black tick: "
+                                       "accuracy; dashed: perfect calibration.",
                     "sparsification.png": "Sparsification curves of the same methods and the oracle (dashed)."}
         for rel in outs.get("figures", []):
             src = self.ctx.run_dir / rel
@@ -761,6 +811,10 @@ class _Builder:
 
     def ood(self) -> None:
         why = _missing("ood_eval", self.m)
+        unlabelled = ((self.m.get("ood_eval") or {}).get("outputs") or {}).get("unlabelled") or {}
+        if unlabelled:
+            self.doc.p("Not evaluated (no OoD labels; the benchmark withholds its test labels): "
+                       + "; ".join(f"`{k}`: {v}" for k, v in sorted(unlabelled.items())) + ".")
         if why:
             self.doc.p(why)
             return
@@ -772,8 +826,7 @@ class _Builder:
             import json
 
             details = json.loads(jpath.read_text())
-        self.doc.p("SegmentMeIfYouCan metrics per OoD dataset, every score map as an anomaly score (max softmax "
-                   "as 1 − max softmax); component metrics at each method's best-F1 pixel threshold. "
+        self.doc.p("SegmentMeIfYouCan metrics per OoD dataset. " + SCORE_ORIENTATION + " Component metrics at each method's best-F1 pixel threshold. "
                    f"`smiyc` mode: the benchmark's computation as it is now ({VERSIONS['smiyc']}; float16 "
                    "scores, binned precision–recall, AuPRC as a step sum; comparable with the current "
                    f"leaderboard). `smiyc2021` mode, where run: {VERSIONS['smiyc2021']}, the computation of "
@@ -803,6 +856,12 @@ class _Builder:
                 self._ood_table(part, "smiyc2021")
             if "AP_exact" in part.columns:
                 self._ood_table(part, "exact")
+            inverted = inverted_scores(part)
+            if inverted:
+                self.doc.p("⚠ Inverted on this dataset (AUROC below 50 %: an in-distribution pixel scores higher "
+                           "than an anomaly pixel more often than not, so the negated score would rank better): "
+                           + ", ".join(f"{method_label(m)} (AUROC {fmt_pct(a)} %)" for m, a in inverted.items())
+                           + ".")
             errors = _component_errors(info)
             if errors:
                 self.doc.p("Component metrics shown as “–” are undefined:")
@@ -830,9 +889,11 @@ class _Builder:
                  (f"F1_mean_{mode}", "mean F1", False)]
         cols = [c for c in cols if c[0] in part.columns]
         best = {c: _best_index(list(part[c]), lower) for c, _, lower in cols}
+        inverted = set(inverted_scores(part))
         rows = []
         for i, r in part.iterrows():
-            cells = [method_label(r["method"]), f"`{r['method']}`"]
+            cells = [method_label(r["method"]) + (" ⚠ inverted" if r["method"] in inverted else ""),
+                     f"`{r['method']}`"]
             for c, _, _ in cols:
                 text = fmt_pct(r[c])
                 cells.append(_bold(text) if i in best[c] else text)
@@ -842,6 +903,37 @@ class _Builder:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers (pure functions, tested through the report)
+
+SCORE_ORIENTATION = (
+    "Orientation: every score is used as *higher = more anomalous*, unchanged except max softmax, "
+    "used as 1 − max softmax: entropy, MC-dropout and ensemble entropy and mutual information, and "
+    "the PGN norms (a larger gradient of the loss = less certain). Each is divided by its maximum "
+    "over the split (a monotone change).")
+
+
+def inverted_scores(part: pd.DataFrame) -> dict[str, float]:
+    """Methods whose AUROC is below 0.5 (exact mode where present, else smiyc), method → AUROC."""
+    col = next((c for c in ("AUROC_exact", "AUROC_smiyc") if c in part.columns), None)
+    if col is None:
+        return {}
+    return {str(m): float(a) for m, a in zip(part["method"], part[col]) if not _isnan(a) and float(a) < 0.5}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    return f"{minutes} min {s} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 if it does not exist)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
 def feature_correlations(df: pd.DataFrame, columns: Sequence[str], iou: np.ndarray) -> pd.DataFrame:

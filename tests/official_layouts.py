@@ -136,8 +136,8 @@ def make_image_folder(root: Path, n: int = 3) -> Path:
     return root
 
 
-def compact_model(num_classes: int):
-    """A user's model factory as the README's ``model.factory=module:callable`` names one."""
+def compact_model(num_classes: int = 19):
+    """A user's model as the README's ``model._target_=mypackage.models.build`` names one."""
     from metaseg_pgn.models.deeplab import build_model
 
     return build_model("compact", num_classes)

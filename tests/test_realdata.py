@@ -108,7 +108,7 @@ def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path, umask):
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
-def all_wrong_model(num_classes: int):
+def all_wrong_model(num_classes: int = 19):
     """A network that predicts class 18 (bicycle, absent from the synthetic world) everywhere:
     every segment has IoU 0."""
     import torch
@@ -126,7 +126,7 @@ def test_a_network_wrong_everywhere_gets_undefined_metrics_not_perfect_scores(tm
     # Brier error is the same on every pixel (AuSE undefined). Before, R² read 100.00 ± 0.00 in
     # bold and MetaSeg was called best.
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(run_dir, n=3, n_ood=2, factory="test_realdata:all_wrong_model") + [
+    overrides = tiny_overrides(run_dir, n=3, n_ood=2, target="test_realdata.all_wrong_model") + [
         "baselines.mc_dropout.enabled=false", "pgn.ps=[0.5]", "stage=[infer,features,meta,pixel_eval,report]"]
     assert run_mod.main(overrides) == 0
     meta = run_dir / "meta"
@@ -150,18 +150,18 @@ def test_a_network_wrong_everywhere_gets_undefined_metrics_not_perfect_scores(tm
     assert "best" not in md.split("### Test part")[1].split("Notes of the meta stage")[0]
 
 
-def raising_factory(num_classes: int):
+def raising_factory(num_classes: int = 19):
     raise RuntimeError("out of\nmemory while building")
 
 
 @pytest.mark.parametrize("extra, named", [
     (["device=cuda"], "device='cuda'"),
     (["device=tpu:0"], "device='tpu:0'"),
-    (["model.checkpoint={tmp}/missing.pt"], "missing.pt does not exist"),
-    (["model.checkpoint={tmp}/garbage.pt"], "garbage.pt: cannot be read as a state_dict"),
-    (["model.checkpoint={tmp}/other.pt"], "other.pt: does not fit model.factory"),
-    (["model.factory=no_such_module:build"], "model.factory='no_such_module:build' cannot be imported"),
-    (["model.factory=test_realdata:raising_factory"], "failed: RuntimeError: out of memory while building"),
+    (["model.init=checkpoint", "model.checkpoint={tmp}/missing.pt"], "missing.pt does not exist"),
+    (["model.init=checkpoint", "model.checkpoint={tmp}/garbage.pt"], "garbage.pt: cannot be read as a PyTorch state_dict"),
+    (["model.init=checkpoint", "model.checkpoint={tmp}/other.pt"], "other.pt: does not fit the model"),
+    (["model._target_=no_such_module.build"], "no_such_module"),
+    (["model._target_=test_realdata.raising_factory"], "RuntimeError: out of"),
 ])
 def test_model_and_device_problems_are_one_line_errors(tmp_path, capsys, extra, named):
     import torch

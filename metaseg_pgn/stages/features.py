@@ -119,7 +119,8 @@ def run(ctx: RunContext) -> dict:
         parts[key] = (name, split, files)
     if not jobs:
         why = ("the run has no evaluated dataset (dataset=none)" if main is None else
-               f"the evaluated dataset {main_key!r} has neither semantic labels nor is unlabelled")
+               f"the evaluated dataset {main_key!r} has OoD labels (0/1/255), not class labels: "
+               "its segments have no IoU")
         log.warning("features: skipped: %s", why)
         write_manifest(ctx, STAGE, fp, {}, upstream, {"skipped": why}, started)
         barrier()

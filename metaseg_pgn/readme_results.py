@@ -176,7 +176,8 @@ def ood_section(run_dir: Path) -> list[str]:
     header = ["score"] + [f"{k} {h}" for k in keys for _, h, _ in cols]
     diff = (table["AuPRC_smiyc"] - table["AP_exact"]).abs()
     worst = table.loc[diff.idxmax()]
-    lines = ["OoD segmentation, `smiyc` mode (the benchmark's computation), %; every score as higher = more "
+    version = str(table["version_smiyc"].iloc[0]) if "version_smiyc" in table else "smiyc"
+    lines = [f"OoD segmentation, `smiyc` mode, %; metric version: {version}; every score as higher = more "
              "anomalous (max softmax as 1 − max softmax):", ""]
     lines += _table(header, rows, "l" + "r" * (len(header) - 1))
     lines += ["", f"The unbinned `exact` mode's AP differs from the `smiyc` AuPRC by at most "

@@ -33,14 +33,11 @@ from .pgn import (
     PGN_PS,
     RESOLUTIONS,
     ConvGeometry,
-    _all_finite,
-    _check_labels,
-    _check_ps,
-    _check_weights,
     deeper_layer_pgn,
     last_layer_pgn,
     resize_maps,
 )
+from .pgn_checks import all_finite, check_labels, check_ps, check_weights
 from .verify import activation_mismatch, conv_mismatch, resize_mismatch
 
 __all__ = ["PGNModel", "PGNOutput", "argmax_channels"]
@@ -220,9 +217,9 @@ class PGNModel(nn.Module):
             raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
         self.model = model
         self.output = check_output_selector(output)
-        self.ps = _check_ps(ps)
-        self.labels = _check_labels(labels)
-        _check_weights(weights)
+        self.ps = check_ps(ps)
+        self.labels = check_labels(labels)
+        check_weights(weights)
         self.weights = weights
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
@@ -270,7 +267,7 @@ class PGNModel(nn.Module):
         """
         calls, out = self._run(x)
         y = select_logits(out, self.output)
-        if not _all_finite(y):
+        if not all_finite(y):
             raise ValueError("the model output contains NaN/inf, so it cannot be matched to a conv's output "
                              "(and no PGN map would be finite)")
         with parametrize.cached():  # a parametrised weight is evaluated once for checks and maps

@@ -2,6 +2,9 @@
 
 The reference takes one pixel's loss of the model output, differentiates it w.r.t. the conv's
 kernel (and bias) with autograd, flattens the gradient and computes ``(Σ|g|^p)^(1/p)`` directly.
+Both implementations face it: the float64 reference of ``metaseg_pgn.pgn`` (``backend="reference"``,
+what runs on CUDA) and the fast CPU path of ``metaseg_pgn.pgn_cpu`` (``backend="cpu"``); the fast
+path's float32 results are then compared with the reference's float64 ones.
 """
 
 import math
@@ -11,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import metaseg_pgn.pgn as pgn_module
+import metaseg_pgn.pgn_cpu as pgn_cpu
 from metaseg_pgn.pgn import (
     LABELS,
     PGN_PS,
@@ -40,6 +43,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["cpu", "reference"])
+def backend(request):
+    """The fast CPU path and the reference: every map against autograd with both."""
+    return request.param
 
 
 def pixel_loss(z: torch.Tensor, label: str, weights: str) -> torch.Tensor:
@@ -124,11 +133,11 @@ CONVS = {
 @pytest.mark.parametrize("weights", ["paper", "gradient"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("conv_name", list(CONVS))
-def test_last_layer_feature_resolution_matches_autograd(conv_name, bias, weights):
+def test_last_layer_feature_resolution_matches_autograd(conv_name, bias, weights, backend):
     conv = make_conv(CHANNELS, CLASSES, *CONVS[conv_name], bias, seed=1)
     psi = make_psi(seed=2)
     out = conv(psi)
-    maps = last_layer_pgn(psi, out.detach(), conv, weights=weights)
+    maps = last_layer_pgn(psi, out.detach(), conv, weights=weights, backend=backend)
     params = [conv.weight] + ([conv.bias] if bias else [])
     pixels = all_pixels(*out.shape[:1], *out.shape[2:])
     for name in maps:
@@ -142,14 +151,14 @@ def test_last_layer_feature_resolution_matches_autograd(conv_name, bias, weights
 @pytest.mark.parametrize("weights", ["paper", "gradient"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("conv_name", list(CONVS))
-def test_last_layer_input_resolution_matches_autograd(conv_name, bias, weights, align_corners):
+def test_last_layer_input_resolution_matches_autograd(conv_name, bias, weights, align_corners, backend):
     conv = make_conv(CHANNELS, CLASSES, *CONVS[conv_name], bias, seed=3)
     psi = make_psi(seed=4)
     z = conv(psi)
     size = (UP * z.shape[2], UP * z.shape[3])
     out = F.interpolate(z, size=size, mode="bilinear", align_corners=align_corners)
     maps = last_layer_pgn(psi, z.detach(), conv, weights=weights, resolution="input", output_size=size,
-                          align_corners=align_corners, chunk_rows=7)
+                          align_corners=align_corners, chunk_rows=7, backend=backend)
     params = [conv.weight] + ([conv.bias] if bias else [])
     pixels = sample_pixels(B, *size, count=16, seed=5)
     for name in maps:
@@ -159,26 +168,27 @@ def test_last_layer_input_resolution_matches_autograd(conv_name, bias, weights, 
         torch.testing.assert_close(ours_at(maps, "last", label, pixels), expected, rtol=RTOL, atol=0)
 
 
-def test_bias_left_out_on_request():
+def test_bias_left_out_on_request(backend):
     conv = make_conv(CHANNELS, CLASSES, 3, 1, 1, True, seed=32)
     psi = make_psi(seed=33)
     out = conv(psi)
     for resolution, size in [("feature", None), ("input", (11, 13))]:
         maps = last_layer_pgn(psi, out.detach(), conv, include_bias=False, resolution=resolution,
-                              output_size=size)
+                              output_size=size, backend=backend)
         y = out if size is None else F.interpolate(out, size=size, mode="bilinear", align_corners=False)
         pixels = all_pixels(B, *y.shape[2:])[::5]
         expected = autograd_norms(y, [conv.weight], pixels, "oh", "paper")
         torch.testing.assert_close(ours_at(maps, "last", "oh", pixels), expected, rtol=RTOL, atol=0)
 
 
-def test_input_resolution_all_pixels_of_a_small_map_and_a_downsample():
+def test_input_resolution_all_pixels_of_a_small_map_and_a_downsample(backend):
     conv = make_conv(CHANNELS, CLASSES, 3, 1, 1, True, seed=6)
     psi = make_psi(seed=7, h=3, w=4)
     z = conv(psi)
     for size in [(5, 9), (2, 3)]:  # non-integer up-scaling, and a down-scaling
         out = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
-        maps = last_layer_pgn(psi, z.detach(), conv, weights="gradient", resolution="input", output_size=size)
+        maps = last_layer_pgn(psi, z.detach(), conv, weights="gradient", resolution="input", output_size=size,
+                              backend=backend)
         pixels = all_pixels(B, *size)
         for label in LABELS:
             expected = autograd_norms(out, [conv.weight, conv.bias], pixels, label, "gradient")
@@ -199,7 +209,7 @@ def test_input_resolution_does_not_depend_on_the_chunking():
 @pytest.mark.parametrize("weights", ["paper", "gradient"])
 @pytest.mark.parametrize("prev_bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("prev_dilation", [1, 2])
-def test_deeper_layer_matches_autograd(prev_dilation, prev_bias, weights):
+def test_deeper_layer_matches_autograd(prev_dilation, prev_bias, weights, backend):
     conv_prev = make_conv(3, CHANNELS, 3, prev_dilation, prev_dilation, prev_bias, seed=10)
     bn = random_bn(CHANNELS, seed=11)
     conv_last = make_conv(CHANNELS, CLASSES, 1, 1, 0, True, seed=12)
@@ -207,7 +217,8 @@ def test_deeper_layer_matches_autograd(prev_dilation, prev_bias, weights):
     psi = torch.relu(bn(conv_prev(psi_prev)))
     out = conv_last(nn.Dropout(0.5).eval()(psi))
     assert (psi == 0).any() and (psi > 0).any()
-    maps = deeper_layer_pgn(psi_prev, conv_prev, bn, psi.detach(), out.detach(), conv_last, weights=weights)
+    maps = deeper_layer_pgn(psi_prev, conv_prev, bn, psi.detach(), out.detach(), conv_last, weights=weights,
+                            backend=backend)
     params = [conv_prev.weight] + ([conv_prev.bias] if prev_bias else [])
     pixels = all_pixels(B, H, W)
     for label in LABELS:
@@ -215,20 +226,20 @@ def test_deeper_layer_matches_autograd(prev_dilation, prev_bias, weights):
         torch.testing.assert_close(ours_at(maps, "deep", label, pixels), expected, rtol=RTOL, atol=0)
 
 
-def test_deeper_layer_without_batchnorm_matches_autograd():
+def test_deeper_layer_without_batchnorm_matches_autograd(backend):
     conv_prev = make_conv(3, CHANNELS, 3, 1, 1, True, seed=14)
     conv_last = make_conv(CHANNELS, CLASSES, 1, 1, 0, False, seed=15)
     psi_prev = torch.randn(B, 3, H, W, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
     psi = torch.relu(conv_prev(psi_prev))
     out = conv_last(psi)
     maps = deeper_layer_pgn(psi_prev, conv_prev, None, psi.detach(), out.detach(), conv_last,
-                            weights="gradient", labels=("uni",))
+                            weights="gradient", labels=("uni",), backend=backend)
     pixels = all_pixels(B, H, W)
     expected = autograd_norms(out, [conv_prev.weight, conv_prev.bias], pixels, "uni", "gradient")
     torch.testing.assert_close(ours_at(maps, "deep", "uni", pixels), expected, rtol=RTOL, atol=0)
 
 
-def test_p01_with_2304_entry_patches_and_large_activations_is_finite_and_exact():
+def test_p01_with_2304_entry_patches_and_large_activations_is_finite_and_exact(backend):
     g = torch.Generator().manual_seed(17)
     torch.manual_seed(18)
     conv = nn.Conv2d(256, 19, 3, padding=1).double()
@@ -236,7 +247,7 @@ def test_p01_with_2304_entry_patches_and_large_activations_is_finite_and_exact()
         conv.weight.mul_(1e-3)  # logits of order 1: a spread-out softmax
     psi = (torch.rand(1, 256, 5, 5, generator=g, dtype=torch.float64) * 2 - 1) * 1e3
     out = conv(psi)
-    maps = last_layer_pgn(psi, out.detach(), conv, ps=(0.1,))
+    maps = last_layer_pgn(psi, out.detach(), conv, ps=(0.1,), backend=backend)
     for m in maps.values():
         assert torch.isfinite(m).all()
     # the regime that motivates float64: these values overflow float32
@@ -245,7 +256,8 @@ def test_p01_with_2304_entry_patches_and_large_activations_is_finite_and_exact()
     for label in LABELS:
         expected = autograd_norms(out, [conv.weight, conv.bias], pixels, label, "paper", ps=(0.1,))
         torch.testing.assert_close(ours_at(maps, "last", label, pixels, ps=(0.1,)), expected, rtol=RTOL, atol=0)
-    up = last_layer_pgn(psi, out.detach(), conv, ps=(0.1,), resolution="input", output_size=(9, 9))
+    up = last_layer_pgn(psi, out.detach(), conv, ps=(0.1,), resolution="input", output_size=(9, 9),
+                        backend=backend)
     assert all(torch.isfinite(m).all() for m in up.values())
 
 
@@ -325,16 +337,20 @@ def test_unsupported_convs_are_refused(conv, message):
         last_layer_pgn(torch.ones(1, 4, 8, 8), torch.ones(1, 2, 3, 3), conv)
 
 
-def test_bad_input_is_refused():
+def test_bad_input_is_refused(backend):
     conv = make_conv(CHANNELS, CLASSES, 3, 1, 1, False, seed=25)
     psi = make_psi(seed=26)
     z = conv(psi).detach()
     bad = psi.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN/inf"):
-        last_layer_pgn(bad, z, conv)
+        last_layer_pgn(bad, z, conv, backend=backend)
     with pytest.raises(ValueError, match="NaN/inf"):
-        last_layer_pgn(psi, z * float("inf"), conv)
+        last_layer_pgn(psi, z * float("inf"), conv, backend=backend)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        patch_power_sums(bad, conv, backend=backend)
+    with pytest.raises(ValueError, match="backend"):
+        last_layer_pgn(psi, z, conv, backend="numpy")
     with pytest.raises(ValueError, match="channels"):
         last_layer_pgn(psi[:, :3], z, conv)
     with pytest.raises(ValueError, match="shape"):
@@ -392,9 +408,10 @@ RTOL32 = 1e-5
 
 
 def both_precisions(fn, *tensors):
-    """fn on the tensors as float32 and on the same values as float64."""
+    """fn (taking ``backend=``) on the tensors as float32 with the fast CPU path, and on the same
+    values as float64 with the reference."""
     t32 = [t.float() for t in tensors]
-    return fn(*t32), fn(*[t.double() for t in t32])
+    return fn(*t32, backend="cpu"), fn(*[t.double() for t in t32], backend="reference")
 
 
 def assert_close_maps(got, expected, rtol=RTOL32):
@@ -412,39 +429,31 @@ def realistic(seed, channels=64, classes=19, b=2, h=12, w=20, scale=3.0):
     return psi, z
 
 
-@pytest.fixture(params=["numpy", "torch"])
-def float32_backend(request, monkeypatch):
-    """The CPU float32 passes run in numpy; without numpy (and on GPUs) in torch: test both."""
-    if request.param == "torch":
-        monkeypatch.setattr(pgn_module, "_np", None)
-    return request.param
-
-
 @pytest.mark.parametrize("weights", ["paper", "gradient"])
 @pytest.mark.parametrize("conv_name", list(CONVS))
-def test_float32_last_layer_matches_float64(conv_name, weights, float32_backend):
+def test_float32_last_layer_matches_float64(conv_name, weights):
     kernel, dilation, padding = CONVS[conv_name]
     geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, kernel, dilation=dilation, padding=padding))
     psi, _ = realistic(40)
     z = torch.randn(2, 19, *geometry.output_size(12, 20), generator=torch.Generator().manual_seed(41)) * 3
     got, expected = both_precisions(
-        lambda a, b: last_layer_pgn(a, b, geometry, weights=weights), psi, z)
+        lambda a, b, **kw: last_layer_pgn(a, b, geometry, weights=weights, **kw), psi, z)
     assert_close_maps(got, expected)
 
 
 @pytest.mark.parametrize("weights", ["paper", "gradient"])
-def test_float32_input_resolution_matches_float64(weights, float32_backend):
+def test_float32_input_resolution_matches_float64(weights):
     """Resolution "input" computes in float64 for any input (float32 resize weights would blur
     exact zeros, which p = 0.1 amplifies): float32 inputs give the float64 result."""
     geometry = ConvGeometry.from_conv(nn.Conv2d(CHANNELS, CLASSES, 3, padding=1))
     psi, z = realistic(42, channels=CHANNELS, classes=CLASSES, h=H, w=W)
     got, expected = both_precisions(
-        lambda a, b: last_layer_pgn(a, b, geometry, weights=weights, resolution="input",
-                                    output_size=(4 * H + 1, 4 * W - 3), chunk_rows=5), psi, z)
+        lambda a, b, **kw: last_layer_pgn(a, b, geometry, weights=weights, resolution="input",
+                                          output_size=(4 * H + 1, 4 * W - 3), chunk_rows=5, **kw), psi, z)
     assert_close_maps(got, expected)
 
 
-def test_float32_confident_pixels_and_ties(float32_backend):
+def test_float32_confident_pixels_and_ties():
     """Logit gaps up to ~200 (the float32 softmax would be exactly 0 or 1 there) and tied maxima:
     the one-hot maps stay accurate (they are built from the second-largest logit)."""
     geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 1))
@@ -453,7 +462,8 @@ def test_float32_confident_pixels_and_ties(float32_backend):
     z[0, 3, 0, 1] = z[0, 7, 0, 1] = z[0, :, 0, 1].max() + 1  # two tied maxima
     z[1, 5, 2, 2] = 200.0  # s_2 ≈ e^-200: 0 in float32
     for weights in WEIGHTS:
-        got, expected = both_precisions(lambda a, b: last_layer_pgn(a, b, geometry, weights=weights), psi, z)
+        got, expected = both_precisions(
+            lambda a, b, **kw: last_layer_pgn(a, b, geometry, weights=weights, **kw), psi, z)
         assert_close_maps(got, expected)
         assert got["pgn_last_oh_p1"][1, 2, 2] > 0
     # the ties against autograd (float64): ĉ is the first maximum, as argmax
@@ -470,7 +480,7 @@ def test_float32_confident_pixels_and_ties(float32_backend):
         torch.testing.assert_close(ours_at(maps, "last", label, pixels), expected, rtol=RTOL, atol=0)
 
 
-def test_float32_p01_with_2304_entry_patches_and_large_activations(float32_backend):
+def test_float32_p01_with_2304_entry_patches_and_large_activations():
     """The regime that motivates the float64 combination: (Σ|x|^0.1)^10 of 2304-entry patches of
     activations up to 1e3 exceeds the float32 range; the float32 path is finite and accurate.
     Activations of both signs (not a ReLU output): |ψ| is taken."""
@@ -478,24 +488,24 @@ def test_float32_p01_with_2304_entry_patches_and_large_activations(float32_backe
     geometry = ConvGeometry.from_conv(nn.Conv2d(256, 19, 3, padding=1))
     psi = (torch.rand(1, 256, 5, 6, generator=g, dtype=torch.float64) * 2 - 1) * 1e3
     z = torch.randn(1, 19, 5, 6, generator=g, dtype=torch.float64)
-    got, expected = both_precisions(lambda a, b: last_layer_pgn(a, b, geometry), psi, z)
+    got, expected = both_precisions(lambda a, b, **kw: last_layer_pgn(a, b, geometry, **kw), psi, z)
     assert_close_maps(got, expected)
     assert float(got["pgn_last_uni_p0_1"].max()) > torch.finfo(torch.float32).max
 
 
 @pytest.mark.parametrize("magnitude", [1e20, 1e-25], ids=["overflow", "underflow"])
-def test_float32_guard_recomputes_in_float64(magnitude, float32_backend, monkeypatch):
+def test_float32_guard_recomputes_in_float64(magnitude, monkeypatch):
     """|ψ|² of 1e20 overflows float32 (inf), of 1e-25 underflows to 0: those sums are detected and
     recomputed in float64, so the maps are finite and accurate."""
     redone = []
-    trouble = pgn_module._float32_trouble
-    monkeypatch.setattr(pgn_module, "_float32_trouble",
+    trouble = pgn_cpu._float32_trouble
+    monkeypatch.setattr(pgn_cpu, "_float32_trouble",
                         lambda sums, ps: redone.append(trouble(sums, ps)) or redone[-1])
     geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 3, padding=1))
     psi, z = realistic(47)
     psi = psi * magnitude
     psi[0, :, 0, 0] = 0.0  # an all-zero pixel is not mistaken for an underflow
-    got, expected = both_precisions(lambda a, b: last_layer_pgn(a, b, geometry), psi, z)
+    got, expected = both_precisions(lambda a, b, **kw: last_layer_pgn(a, b, geometry, **kw), psi, z)
     assert_close_maps(got, expected)
     assert redone and redone[0] == [PGN_PS.index(2.0)]  # only p = 2 needed float64
     assert got["pgn_last_oh_p2"][0, 0, 0] > 0
@@ -503,15 +513,15 @@ def test_float32_guard_recomputes_in_float64(magnitude, float32_backend, monkeyp
 
 def test_float32_all_zero_psi_needs_no_fallback(monkeypatch):
     redone = []
-    trouble = pgn_module._float32_trouble
-    monkeypatch.setattr(pgn_module, "_float32_trouble",
+    trouble = pgn_cpu._float32_trouble
+    monkeypatch.setattr(pgn_cpu, "_float32_trouble",
                         lambda sums, ps: redone.append(trouble(sums, ps)) or redone[-1])
     geometry = ConvGeometry.from_conv(nn.Conv2d(8, 4, 1, bias=False))
     maps = last_layer_pgn(torch.zeros(1, 8, 3, 3), torch.randn(1, 4, 3, 3), geometry)
     assert redone == [[]] and all((m == 0).all() for m in maps.values())
 
 
-def test_float32_bad_activations_are_refused(float32_backend):
+def test_float32_bad_activations_are_refused():
     geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 1))
     psi, z = realistic(48)
     psi, z = psi.float(), z.float()
@@ -526,12 +536,12 @@ def test_float32_bad_activations_are_refused(float32_backend):
             last_layer_pgn(psi, bad_z, geometry)
 
 
-def test_float32_patch_power_sums_match_float64(float32_backend):
+def test_float32_patch_power_sums_match_float64():
     geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 3, dilation=2, padding=2))
     psi, _ = realistic(49)
     psi = psi - 0.5  # both signs
     ps = (0.1, 0.2, 0.25, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)  # products, einsum and own passes
-    got, expected = both_precisions(lambda a: patch_power_sums(a, geometry, ps), psi)
+    got, expected = both_precisions(lambda a, **kw: patch_power_sums(a, geometry, ps, **kw), psi)
     assert got.dtype == torch.float64
     for i, p in enumerate(ps):  # a sum's relative error becomes 1/p times larger in the map
         torch.testing.assert_close(got[i], expected[i], rtol=RTOL32 * p, atol=0, msg=f"p={p}")
@@ -555,23 +565,24 @@ def deep_setup(seed, nonneg_kernel=False):
 
 
 @pytest.mark.parametrize("weights", ["paper", "gradient"])
-def test_float32_deeper_layer_matches_float64(weights, float32_backend):
+def test_float32_deeper_layer_matches_float64(weights):
     """p ≥ 1 at 1e-5. For p < 1, an entry of δ = K'ᵀv that nearly cancels (computed in float32 from
     a float32 v) is accurate only relative to the cancelling terms, and |δ|^p with small p weighs
     such entries: relative errors up to ~1e-3 at p = 0.1 occur on real activations."""
     psi_prev, conv_prev, bn, psi, z, conv_last = deep_setup(50)
     got, expected = both_precisions(
-        lambda a, b, c: deeper_layer_pgn(a, conv_prev, bn, b, c, conv_last, weights=weights), psi_prev, psi, z)
+        lambda a, b, c, **kw: deeper_layer_pgn(a, conv_prev, bn, b, c, conv_last, weights=weights, **kw),
+        psi_prev, psi, z)
     for name in got:
         p = float(name.split("_p")[1].replace("_", "."))
         torch.testing.assert_close(got[name], expected[name], rtol=RTOL32 if p >= 1 else 3e-3, atol=0, msg=name)
 
 
-def test_float32_deeper_layer_without_cancellation_matches_float64(float32_backend):
+def test_float32_deeper_layer_without_cancellation_matches_float64():
     """With K' ≥ 0 and the paper's v ≥ 0, δ has no cancellation: every p within 1e-5."""
     psi_prev, conv_prev, bn, psi, z, conv_last = deep_setup(51, nonneg_kernel=True)
     got, expected = both_precisions(
-        lambda a, b, c: deeper_layer_pgn(a, conv_prev, bn, b, c, conv_last), psi_prev, psi, z)
+        lambda a, b, c, **kw: deeper_layer_pgn(a, conv_prev, bn, b, c, conv_last, **kw), psi_prev, psi, z)
     assert_close_maps(got, expected)
 
 
@@ -584,7 +595,7 @@ def test_float32_results_do_not_depend_on_threads_or_chunks(monkeypatch):
         maps.update(deeper_layer_pgn(psi_prev, conv_prev, bn, psi, z, conv_last))
         return maps
     reference = run()
-    monkeypatch.setattr(pgn_module, "_POWER_CHUNK_ELEMS", 64 * 14 * 2 * 3)  # 3 rows per chunk
+    monkeypatch.setattr(pgn_cpu, "_POWER_CHUNK_ELEMS", 64 * 14 * 2 * 3)  # 3 rows per chunk
     torch.set_num_threads(2)  # the one_thread fixture restores the count
     try:
         chunked = run()
@@ -592,3 +603,44 @@ def test_float32_results_do_not_depend_on_threads_or_chunks(monkeypatch):
         torch.set_num_threads(1)
     for name in reference:
         torch.testing.assert_close(chunked[name], reference[name], rtol=1e-6, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("weights", ["paper", "gradient"])
+def test_float64_fast_path_is_the_reference(weights):
+    """In float64 the fast path (softmax-free label sums, one log per tensor, products) and the
+    reference (float64 softmax, label_vectors, one pow per p) agree to rounding, including
+    confident pixels, ties, a 3 x 3 dilated conv, p off the default set, and the deeper layer."""
+    ps = (0.1, 0.25, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+    geometry = ConvGeometry.from_conv(nn.Conv2d(64, 19, 3, dilation=2, padding=2))
+    psi, z = realistic(53, scale=20.0)
+    z[0, :, 0, 0] = 0.0
+    z[0, 3, 0, 1] = z[0, 7, 0, 1] = z[0, :, 0, 1].max() + 1
+    runs = [last_layer_pgn(psi, z, geometry, ps=ps, weights=weights, backend=b) for b in ("cpu", "reference")]
+    assert_close_maps(*runs, rtol=1e-12)
+    psi_prev, conv_prev, bn, psi, z, conv_last = deep_setup(54)
+    for clip in (None, 1.0):
+        runs = [deeper_layer_pgn(psi_prev, conv_prev, bn, psi.clamp(0, clip), z, conv_last, ps=ps,
+                                 weights=weights, clip=clip, backend=b) for b in ("cpu", "reference")]
+        assert_close_maps(*runs, rtol=1e-10)
+
+
+def test_fast_path_threads_end_with_the_call():
+    """The fast path's pool is created and shut down inside each call: no thread of it is left."""
+    import threading
+
+    psi_prev, conv_prev, bn, psi, z, conv_last = deep_setup(55)
+    torch.set_num_threads(2)  # the one_thread fixture restores the count
+    try:
+        deeper_layer_pgn(psi_prev.float(), conv_prev, bn, psi.float(), z.float(), conv_last)
+        both = threading.Barrier(2)  # passed only by two tasks running at once
+        names = []
+
+        def task():
+            both.wait(timeout=60)
+            names.append(threading.current_thread().name)
+        with pgn_cpu.worker_pool() as run:
+            run([task, task])
+    finally:
+        torch.set_num_threads(1)
+    assert sum(n.startswith("metaseg_pgn") for n in names) == 1  # one on the pool, one on the caller
+    assert not [t for t in threading.enumerate() if t.name.startswith("metaseg_pgn")]

@@ -67,7 +67,7 @@ _UNDERFLOW = 2.0**-90
 # accumulated in float64 (numpy does it without a float64 copy: ~2x the time of a float32 sum).
 _EXACT_SUM_BELOW = 0.25
 
-Run = Callable[[Sequence[Callable[[], None]]], None]
+Run = Callable[..., None]  # run(tasks, caller=None), see worker_pool
 
 
 def _work_dtype(*tensors: Tensor) -> torch.dtype:
@@ -79,19 +79,21 @@ def _work_dtype(*tensors: Tensor) -> torch.dtype:
 # threads
 
 
-def _run_serial(tasks: Sequence[Callable[[], None]]) -> None:
-    """Run the callables one after the other on the calling thread."""
-    for task in tasks:
+def _run_serial(tasks: Sequence[Callable[[], None]], caller: Callable[[], None] | None = None) -> None:
+    """Run ``caller`` (if given) and the callables one after the other on the calling thread."""
+    for task in ([caller] if caller is not None else []) + list(tasks):
         task()
 
 
-def _run_parallel(pool: ThreadPoolExecutor, workers: int, tasks: Sequence[Callable[[], None]]) -> None:
+def _run_parallel(pool: ThreadPoolExecutor, workers: int, tasks: Sequence[Callable[[], None]],
+                  caller: Callable[[], None] | None = None) -> None:
     """Run the callables on the calling thread and up to ``workers`` threads of ``pool``, each
-    taking the next task when free; the caller's grad and inference mode (thread-local) are set in
-    the workers; the first exception is re-raised here."""
-    workers = min(workers, len(tasks) - 1)
+    taking the next task when free; ``caller`` (if given) first, on the calling thread only. The
+    caller's grad and inference mode (thread-local) are set in the workers; the first exception is
+    re-raised here."""
+    workers = min(workers, len(tasks) - (caller is None))
     if workers < 1:
-        _run_serial(tasks)
+        _run_serial(tasks, caller)
         return
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     queue = iter(range(len(tasks)))
@@ -114,6 +116,11 @@ def _run_parallel(pool: ThreadPoolExecutor, workers: int, tasks: Sequence[Callab
             loop()
     futures = [pool.submit(worker) for _ in range(workers)]
     try:
+        if caller is not None:
+            try:
+                caller()
+            except BaseException as exc:  # re-raised below, after the workers stopped
+                errors.append(exc)
         loop()
     finally:
         for future in futures:
@@ -129,10 +136,13 @@ def worker_pool():
     Yields
     ------
     callable
-        ``run(tasks)``: runs a sequence of argument-free callables (that write disjoint outputs)
-        and returns when all are done. With ``torch.get_num_threads() = n > 1`` they run on the
-        calling thread and n − 1 threads of a ``ThreadPoolExecutor`` that is shut down (its
-        threads joined) when the context exits; with n = 1 one after the other.
+        ``run(tasks, caller=None)``: runs a sequence of argument-free callables (that write
+        disjoint outputs), and ``caller`` on the calling thread, and returns when all are done.
+        With ``torch.get_num_threads() = n > 1`` the tasks run on the calling thread and n − 1
+        threads of a ``ThreadPoolExecutor`` that is shut down (its threads joined) when the
+        context exits; with n = 1 one after the other. Tasks do numpy work only: a torch
+        operation large enough to go parallel would start an OpenMP team in every new thread
+        (measured: +15 ms per call), so torch work goes into ``caller``.
     """
     threads = torch.get_num_threads()
     if threads <= 1:
@@ -180,12 +190,13 @@ def _power_sum_tasks(source, shape: tuple[int, ...], ps: Sequence[float], dtype:
     b, k, h, w = shape
     rows = max(1, _POWER_CHUNK_ELEMS // max(1, b * k * w))
     out = torch.empty(len(ps), b, h, w, dtype=torch.float64)
+    out_np = out.numpy()  # the tasks write through numpy (see worker_pool)
 
     def chunk(r0: int) -> None:
         r1 = min(h, r0 + rows)
         x, nonneg = source(r0, r1, dtype)
         for i, s in enumerate(_chunk_power_sums(x, ps, nonneg=nonneg)):
-            out[i, :, r0:r1] = s
+            out_np[i, :, r0:r1] = s.numpy()
 
     def finish() -> Tensor:
         if dtype == torch.float64:
@@ -225,7 +236,7 @@ def abs_power_sums(x: Tensor, ps: Sequence[float]) -> Tensor:
     Tensor, shape (len(ps), B, h, w), float64
     """
     with worker_pool() as run:
-        return _abs_power_sums(_raw_source(x), tuple(x.shape), ps, _work_dtype(x), run)
+        return _abs_power_sums(_raw_source(x, _work_dtype(x)), tuple(x.shape), ps, _work_dtype(x), run)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,9 +263,10 @@ def last_layer(psi: Tensor, logits: Tensor, geometry: ConvGeometry, ps: Sequence
         ``map_name("last", label, p)`` → (B, h, w) float64.
     """
     with worker_pool() as run:
-        tasks, patch_sums = _power_sum_tasks(_raw_source(psi), tuple(psi.shape), ps, _work_dtype(psi))
+        tasks, patch_sums = _power_sum_tasks(_raw_source(psi, _work_dtype(psi)), tuple(psi.shape), ps,
+                                                _work_dtype(psi))
         found = {}
-        run([lambda: found.update(_label_parts(logits, ps, labels, weights))] + tasks)
+        run(tasks, caller=lambda: found.update(_label_parts(logits, ps, labels, weights)))
     patch = _box_sum(patch_sums(), geometry)
     if include_bias:
         patch += 1.0
@@ -288,22 +300,24 @@ def deeper_layer(psi_prev: Tensor, prev: ConvGeometry, psi: Tensor, logits: Tens
     b, kappa, h, w = psi.shape
     with worker_pool() as run:
         # the label vectors and the ReLU mask alongside the patch sums of ψ_prev, then all δ chunks
-        tasks, prev_sums = _power_sum_tasks(_raw_source(psi_prev), tuple(psi_prev.shape), ps,
-                                            _work_dtype(psi_prev))
+        prev_dtype = _work_dtype(psi_prev)
+        tasks, prev_sums = _power_sum_tasks(_raw_source(psi_prev, prev_dtype), tuple(psi_prev.shape), ps,
+                                            prev_dtype)
         found = {}
-        run([lambda: found.update(_label_parts(logits, ps, labels, weights, vectors=True)),
-             lambda: found.update(mask=_relu_mask(psi, dtype, clip))] + tasks)
+        run(tasks, caller=lambda: found.update(_label_parts(logits, ps, labels, weights, vectors=True),
+                                               mask=_relu_mask(psi, dtype, clip)))
         mask = found.pop("mask")
-        deltas, tasks = {}, []
-        for label, (_, _, vec) in found.items():
-            label_tasks, deltas[label] = _power_sum_tasks(_delta_source(kernel_t, vec, mask),
-                                                          (b, kappa, h, w), ps, dtype)
-            tasks += label_tasks
-        run(tasks)
+        # δ of each label on this thread (torch work) while the pool sums the previous label's
+        sources = {label: _delta_source(kernel_t, found[label][2], mask, dtype) for label in labels}
+        sources[labels[0]][0]()
+        sums = {}
+        for k, label in enumerate(labels):
+            tasks, sums[label] = _power_sum_tasks(sources[label][1], (b, kappa, h, w), ps, dtype)
+            run(tasks, caller=sources[labels[k + 1]][0] if k + 1 < len(labels) else None)
     patch = _box_sum(prev_sums(), prev)
     if include_bias:
         patch += 1.0
-    parts = {label: (found[label][0], deltas[label]()) for label in labels}
+    parts = {label: (found[label][0], sums[label]()) for label in labels}
     return combine("deep", parts, patch, ps, {"psi_prev": psi_prev, "psi": psi}, root=_root)
 
 
@@ -410,32 +424,20 @@ def _np_reduce(cache: dict, n: int, p: float):
 
 
 def _np_sum(y, p: float):
-    """Σ over axis 1 of (B, K, N), see :func:`_channel_sum`."""
-    if p < _EXACT_SUM_BELOW:
-        return y.sum(axis=1, dtype=np.float64)
-    return _channel_sum(torch.from_numpy(y), p).numpy()
+    """Σ over axis 1 of a numpy (B, K, N). float32 terms: accumulated in float64 for p < 1/4 (the
+    sum's error is multiplied by 1/p > 4), else in float32 (relative error ~√K·u typically,
+    ≤ (K - 1)·u, u = 6e-8)."""
+    return y.sum(axis=1, dtype=np.float64 if p < _EXACT_SUM_BELOW else None)
 
 
+def _raw_source(t: Tensor, dtype: torch.dtype):
+    """Row chunks of ``t`` (B, K, rows, w), not known to be non-negative (the power sums take |·|).
+    ``t`` is converted to ``dtype`` here, on the calling thread (see :func:`worker_pool`); the
+    float64 fallback converts its chunks."""
+    t_work = t.to(dtype)
 
-
-def _channel_sum(y: Tensor, p: float) -> Tensor:
-    """Σ over dim 1 of (B, K, ...). float32 terms: accumulated in float64 for p < 1/4 (the sum's
-    error is multiplied by 1/p > 4), else a product with a ones vector (BLAS, float32: relative
-    error ~√K·u typically, ≤ (K - 1)·u, u = 6e-8)."""
-    if y.dtype == torch.float64:
-        return y.sum(1)
-    if p < _EXACT_SUM_BELOW:
-        return y.sum(1, dtype=torch.float64)
-    b, k = y.shape[:2]
-    ones = y.new_ones(1, k)
-    return torch.matmul(ones, y.reshape(b, k, -1)).view(b, *y.shape[2:])
-
-
-def _raw_source(t: Tensor):
-    """Row chunks of ``t`` (B, K, rows, w) in a given dtype, not known to be non-negative (the
-    power sums take |·|)."""
     def source(r0: int, r1: int, dtype: torch.dtype) -> tuple[Tensor, bool]:
-        return t[:, :, r0:r1].to(dtype), False
+        return (t_work if t_work.dtype == dtype else t)[:, :, r0:r1].to(dtype), False
     return source
 
 
@@ -511,25 +513,37 @@ def _label_parts(z: Tensor, ps: Sequence[float], labels: Sequence[str], weights:
             parts[label] = ((c - 1) / c * s1, sums, vec)
         else:  # s - 1/C cancels: the float64 softmax
             w64 = torch.softmax(z.to(f64), dim=1) - 1.0 / c
-            sums = _abs_power_sums(_raw_source(w64), (b, c, *spatial), ps, dtype, _run_serial)
+            sums = _abs_power_sums(_raw_source(w64, dtype), (b, c, *spatial), ps, dtype, _run_serial)
             parts[label] = (torch.ones_like(s1), sums, w64.to(dtype) if vectors else None)
     return parts
 
 
-def _delta_source(kernel_t: Tensor, vec: Tensor, mask: Tensor):
-    """Row chunks of ``|δ| / factor = mask ⊙ |K'ᵀ vec|`` (B, κ, rows, w), K' = K · γ/σ, mask the
-    ReLU mask 1[ψ > 0] (work dtype)."""
+def _delta_chunk(kernel_t: Tensor, vec: Tensor, mask: Tensor, r0: int, r1: int, dtype: torch.dtype) -> Tensor:
+    """Rows r0..r1-1 of ``mask ⊙ |K'ᵀ vec|`` in ``dtype``: (B, κ, r1 - r0, w) from kernel_t (κ, C),
+    vec (B, C, h, w) and mask (B, κ, h, w)."""
     b, c, _, w = vec.shape
-    kappa = kernel_t.shape[0]
-    kernels = {}
+    d = torch.matmul(kernel_t.to(dtype), vec[:, :, r0:r1].reshape(b, c, (r1 - r0) * w).to(dtype))
+    return d.view(b, kernel_t.shape[0], r1 - r0, w).abs_().mul_(mask[:, :, r0:r1].to(dtype))
 
-    def source(r0: int, r1: int, dtype: torch.dtype) -> tuple[Tensor, bool]:
-        if dtype not in kernels:
-            kernels[dtype] = kernel_t.to(dtype)
-        v = vec[:, :, r0:r1].reshape(b, c, (r1 - r0) * w).to(dtype)
-        d = torch.matmul(kernels[dtype], v).view(b, kappa, r1 - r0, w).abs_()
-        return d.mul_(mask[:, :, r0:r1].to(dtype)), True
-    return source
+
+def _delta_source(kernel_t: Tensor, vec: Tensor, mask: Tensor, dtype: torch.dtype):
+    """Row chunks of ``|δ| / factor`` (B, κ, rows, w) and a function that computes them in
+    ``dtype`` on the calling thread (torch work, see :func:`worker_pool`), chunk by chunk as the
+    power sums read them (the matmul's output stays in the cache); the float64 fallback
+    recomputes its chunks."""
+    b, kappa, h, w = mask.shape
+    rows = max(1, _POWER_CHUNK_ELEMS // max(1, b * kappa * w))  # the chunks of _power_sum_tasks
+    chunks: dict[int, Tensor] = {}
+
+    def compute() -> None:
+        for r0 in range(0, h, rows):
+            chunks[r0] = _delta_chunk(kernel_t, vec, mask, r0, min(h, r0 + rows), dtype)
+
+    def source(r0: int, r1: int, want: torch.dtype) -> tuple[Tensor, bool]:
+        if want == dtype:
+            return chunks[r0], True
+        return _delta_chunk(kernel_t, vec, mask, r0, r1, want), True
+    return compute, source
 
 
 def _relu_mask(psi: Tensor, dtype: torch.dtype, clip: float | None = None) -> Tensor:

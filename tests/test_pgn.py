@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import metaseg_pgn.pgn_cpu as pgn_cpu
+from metaseg_pgn import pgn_cpu
 from metaseg_pgn.pgn import (
     LABELS,
     PGN_PS,

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-import metaseg_pgn.pgn as pgn_module
 from metaseg_pgn.outputs import select_logits
 from metaseg_pgn.pgn import LABELS, deeper_layer_pgn, last_layer_pgn
 from metaseg_pgn.verify import activation_mismatch, conv_mismatch, resize_mismatch
@@ -295,12 +294,9 @@ def capture(net, x):
     return got
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_cpu_bfloat16_autocast_maps_are_those_of_the_captured_tensors(backend, monkeypatch):
-    """Under autocast the maps (float32, outside autocast) equal the float64 computation from the
-    tensors the convs read (ψ rounded to bfloat16) and wrote, to the float32 path's accuracy."""
-    if backend == "torch":
-        monkeypatch.setattr(pgn_module, "_np", None)
+def test_cpu_bfloat16_autocast_maps_are_those_of_the_captured_tensors():
+    """Under autocast the maps (float32, outside autocast) equal the float64 reference computed from
+    the tensors the convs read (ψ rounded to bfloat16) and wrote, to the float32 path's accuracy."""
     net = Net(dtype=torch.float32)
     x = image(9, b=2, h=24, w=28, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -309,25 +305,25 @@ def test_cpu_bfloat16_autocast_maps_are_those_of_the_captured_tensors(backend, m
     assert t["z"].dtype == torch.bfloat16 and out.feature_logits.dtype == torch.bfloat16
     f64 = torch.float64
     psi, z, prev = t["psi"].to(torch.bfloat16).to(f64), t["z"].to(f64), t["prev"].to(t["u"].dtype).to(f64)
-    expected = last_layer_pgn(psi, z, net.classifier)
-    expected.update(deeper_layer_pgn(prev, net.conv2, net.bn2, t["psi"].to(f64), z, net.classifier))
+    expected = last_layer_pgn(psi, z, net.classifier, backend="reference")
+    expected.update(deeper_layer_pgn(prev, net.conv2, net.bn2, t["psi"].to(f64), z, net.classifier,
+                                     backend="reference"))
     for name, m in out.maps.items():
         assert m.dtype == f64 and torch.isfinite(m).all()
         rtol = 1e-5 if "last" in name or not name.endswith(("p0_1", "p0_3", "p0_5")) else 3e-3
         torch.testing.assert_close(m, expected[name], rtol=rtol, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_pgn_functions_called_under_autocast_compute_outside_it(backend, monkeypatch):
-    if backend == "torch":
-        monkeypatch.setattr(pgn_module, "_np", None)
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_pgn_functions_called_under_autocast_compute_outside_it(backend):
     net = Net(dtype=torch.float32)
     t = capture(net, image(10, dtype=torch.float32))
-    expected = deeper_layer_pgn(t["prev"], net.conv2, net.bn2, t["psi"], t["z"], net.classifier)
-    expected.update(last_layer_pgn(t["psi"], t["z"], net.classifier))
+    kw = {"backend": backend}
+    expected = deeper_layer_pgn(t["prev"], net.conv2, net.bn2, t["psi"], t["z"], net.classifier, **kw)
+    expected.update(last_layer_pgn(t["psi"], t["z"], net.classifier, **kw))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = deeper_layer_pgn(t["prev"], net.conv2, net.bn2, t["psi"], t["z"], net.classifier)
-        got.update(last_layer_pgn(t["psi"], t["z"], net.classifier))
+        got = deeper_layer_pgn(t["prev"], net.conv2, net.bn2, t["psi"], t["z"], net.classifier, **kw)
+        got.update(last_layer_pgn(t["psi"], t["z"], net.classifier, **kw))
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
 

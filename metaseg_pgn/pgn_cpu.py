@@ -17,9 +17,11 @@ p = 0.1 leaves the float32 range.
   fractional p are products (``|x|^0.3 = t³``, ``|x|^0.5 = t⁵``), the integer p are ``|x|`` and
   ``|x|·|x|``, and a product is summed over the channels without being formed where einsum can
   (``Σ t⁵ = Σ t²·t²·t``). Row chunk by row chunk, so the temporaries stay in the cache.
-- Threads: with ``torch.get_num_threads() = n > 1`` the chunks (and the label sums beside them) run
-  on the calling thread and n − 1 threads of a pool created and shut down inside the call
-  (:func:`worker_pool`); numpy and torch release the GIL, and the tasks write disjoint outputs.
+- Threads: with ``torch.get_num_threads() = n > 1`` the chunks' numpy passes run on the calling
+  thread and n − 1 threads of a pool created and shut down inside the call (:func:`worker_pool`;
+  numpy releases the GIL, the tasks write disjoint outputs). The torch work (label sums, ReLU
+  mask, the deeper layer's δ = K'ᵀv by row chunks) stays on the calling thread, beside the pool's
+  tasks, with torch's own intra-op threads.
 - The softmax is never formed. With ``m1 ≥ m2`` the two largest logits (``ĉ`` the first index of
   ``m1``) and ``e_c = exp(min(z_c − m2, 0))`` (``e_ĉ = 1``): ``Σ_{c≠ĉ} s_c^p = s_2^p · o_p`` with
   ``o_p = Σ_c e_c^p − 1 ∈ [1, C − 1]`` (the second largest logit contributes exactly 1, so

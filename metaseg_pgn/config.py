@@ -367,6 +367,7 @@ class RunConfig:
     seed: int = 0  # seeds MC dropout sampling and anything else random
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     progress: bool = True  # progress bars
+    force: List[str] = field(default_factory=list)  # stages to recompute even when up to date
     dataset: Any = None
     ood_datasets: List[Any] = field(default_factory=list)
     model: Any = None
@@ -575,6 +576,11 @@ def validate(cfg: dict) -> None:
     cfg["dataset"] = {"name": "none"} if no_dataset else check_dataset(cfg["dataset"], "dataset")
     cfg["ood_datasets"] = [check_dataset(d, f"ood_datasets[{i}]") for i, d in enumerate(cfg["ood_datasets"])]
     check_model(cfg["model"])
+    force = cfg.get("force") or []
+    bad = [s for s in force if s not in STAGES]
+    if bad:
+        raise ConfigError(f"force={list(force)!r}: {bad[0]!r} is not a stage; choose among "
+                          f"{', '.join(STAGES)}{_did_you_mean(str(bad[0]), list(STAGES))}")
     for p in cfg["pgn"]["ps"]:
         if not p > 0:
             raise ConfigError(f"pgn.ps={cfg['pgn']['ps']}: every p must be > 0")

@@ -34,7 +34,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid in the name (.NAME.PID.RANDOM.tmp): clean-up removes only dead writers' files.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates the file 0600; the result gets the mode an ordinary open() would give.
         os.fchmod(fd, 0o666 & ~current_umask())

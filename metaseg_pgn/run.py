@@ -44,6 +44,7 @@ Main settings (docs/configuration.md lists every key with its type and default):
   meta.protocol=grouped|pgn_authors|metaseg  meta.n_runs=5  meta.min_inner=false
   features.workers=1  features.executor=process|dask  features.scheduler=ADDRESS
   run_dir=data/runs/<pipeline>   device=auto|cpu|cuda   seed=0
+  force=[features,meta]   recompute these stages even when up to date (docs/reuse.md)
 
 Hydra's options:
   --cfg job            print the composed configuration and exit (--resolve: with values resolved)
@@ -126,6 +127,7 @@ def _task(cfg) -> None:
     from .models.loader import ModelError
     from .stages.common import StageError
     from .store import RecordError
+    from .lock import RunFolderBusy
 
     try:
         plain = config_mod.to_plain(cfg)
@@ -133,7 +135,7 @@ def _task(cfg) -> None:
         if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
             plain["run_dir"] = os.path.join(hydra_cfg.sweep.dir, hydra_cfg.sweep.subdir)
         run_pipeline(plain)
-    except (config_mod.ConfigError, StageError, DataError, RecordError, ModelError) as e:
+    except (config_mod.ConfigError, StageError, DataError, RecordError, ModelError, RunFolderBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
@@ -159,12 +161,26 @@ def run_pipeline(cfg: dict) -> None:
     Afterwards ``run_info.json`` in the run folder records this invocation: start and end, load
     average at both, wall time, the seconds of each stage in order and the machine (CPU, threads,
     GPU, torch), unless every stage was up to date (then nothing in the folder changes).
+
+    The run holds the run folder's lock (:class:`metaseg_pgn.lock.RunLock`) throughout; under
+    ``torchrun`` rank 0 holds it for the job. Temporary files of dead runs are removed first.
     """
+    from .lock import RunLock, remove_dead_temps
+
+    rank = int(os.environ.get("RANK", 0))
+    if rank != 0:  # the other ranks of a torchrun job work under rank 0's lock
+        _run_stages(cfg, rank)
+        return
+    with RunLock(cfg["run_dir"]) as lock:
+        remove_dead_temps(lock.path.parent, recursive=True)
+        _run_stages(cfg, rank)
+
+
+def _run_stages(cfg: dict, rank: int) -> None:
     from .stages import STAGE_FUNCTIONS
     from .stages.common import RunContext
 
     ctx = RunContext(cfg)
-    rank = int(os.environ.get("RANK", 0))
     info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_start": _load(),
             "stages": []}  # [stage, seconds] in the order they ran (a JSON object would be key-sorted)
     run_started = time.time()

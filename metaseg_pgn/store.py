@@ -8,7 +8,9 @@ key                 dtype, shape       content
 ==================  =================  ==========================================================
 ``pred``            uint8 (H, W)       the model's prediction (argmax of its output)
 ``logits``          float16 (C, h, w)  last-conv logits minus their per-pixel maximum (≤ 0); the
-                                       classes that matter are near 0, where float16 is precise
+                                       classes that matter are near 0, where float16 is precise;
+                                       values below -65504 (float16's limit) are stored as -65504
+                                       (their softmax is 0 either way)
 ``label``           uint8 (H, W)       ground truth (only when the dataset has labels)
 ``log_pgn``         float32 (K, h, w)  natural log of the K PGN maps (p = 0.1 exceeds float32)
                                        minus a per-map float64 offset ``log_pgn_offset`` (K,),
@@ -105,10 +107,21 @@ class Record:
         return maps
 
 
+#: The most negative finite float16: relative logits are clamped here instead of becoming -inf.
+FLOAT16_MIN = float(np.finfo(np.float16).min)
+
+
 def relative_logits(logits: torch.Tensor) -> np.ndarray:
-    """(C, h, w) logits → float16 logits minus their per-pixel maximum (what :class:`Record` stores)."""
+    """(C, h, w) logits → float16 logits minus their per-pixel maximum (what :class:`Record` stores).
+
+    A class more than 65504 below the maximum is stored at -65504 (not -inf, which turns into NaN
+    when resized): its softmax probability, ``exp(-65504)``, is 0 in float32 as it would be for the
+    true value. Resizing can mix such a value with a neighbour's; a probability then stays below
+    ``exp(-65504 · w)`` for the interpolation weight ``w`` of the clamped pixel.
+    """
     z = logits.detach().to(torch.float32)
-    return (z - z.max(dim=0, keepdim=True).values).cpu().numpy().astype(np.float16)
+    rel = (z - z.max(dim=0, keepdim=True).values).clamp_min(FLOAT16_MIN)
+    return rel.cpu().numpy().astype(np.float16)
 
 
 def encode_logs(maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

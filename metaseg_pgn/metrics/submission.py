@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import h5py
 import numpy as np
 
 from metaseg_pgn.io import atomic_write
+from metaseg_pgn.paths import plain_name
 
 DATASET = "value"
 SUFFIX = ".hdf5"
@@ -122,26 +123,14 @@ def submission_folder(dataset, frame_id: str) -> str | None:
     return folder
 
 
-def _check_name(value: str, what: str, allow_slash: bool = False) -> str:
-    value = str(value)
-    if not value:
-        raise ValueError(f"{what} is empty")
-    parts = PurePosixPath(value).parts
-    if value.startswith("/") or "\\" in value or any(p in ("..", ".") for p in parts):
-        raise ValueError(f"{what} {value!r} is not a plain relative name")
-    if not allow_slash and "/" in value:
-        raise ValueError(f"{what} {value!r} must not contain '/'")
-    return value
-
-
 def submission_path(root: str | os.PathLike, method: str, split: str, frame_id: str) -> Path:
     """``{root}/anomaly_p/{method}/{split}/{frame_id}.hdf5``."""
     return (
         Path(root)
         / "anomaly_p"
-        / _check_name(method, "method")
-        / _check_name(split, "split")
-        / f"{_check_name(frame_id, 'frame_id', allow_slash=True)}{SUFFIX}"
+        / plain_name(method, "method")
+        / plain_name(split, "split")
+        / f"{plain_name(frame_id, 'frame_id', allow_slash=True)}{SUFFIX}"
     )
 
 

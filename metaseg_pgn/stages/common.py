@@ -1,27 +1,43 @@
-"""What every stage shares: the run folder, manifests, and the rule for staleness.
+"""What every stage shares: the run folder, plans and manifests, and the rule for reuse.
 
-Each stage writes into ``<run_dir>/<stage>/`` and finishes by writing ``manifest.json`` that records
-the fingerprint of everything its outputs depend on: the configuration sections it reads and the
-fingerprints of the stages it reads from. A stage whose manifest carries the current fingerprint is
-up to date and is skipped; otherwise it runs, reusing per-frame outputs whose own fingerprints still
-match (so an interrupted stage resumes, and a changed PGN setting recomputes only the PGN maps).
+Each stage writes into ``<run_dir>/<stage>/``. Before running it makes its :class:`Plan`: the
+configuration it reads (with the content hashes of the model and input files where it reads
+those), the code it runs (:func:`metaseg_pgn.integrity.code_fingerprint`) and a token of each
+upstream stage's outputs (that stage's fingerprint and the hashes of its files). The plan's hash
+is the stage's fingerprint. A stage finishes by writing ``manifest.json``: the fingerprint, the
+plan, and every output file with its size and SHA-256 (:func:`write_manifest`, which also removes
+the files of the stage folder that no longer belong to it).
+
+A stage is up to date, and skipped, when its manifest carries the fingerprint of its current plan
+and every file the manifest lists is there with the recorded size and hash; a stage named in
+``force`` never is. Otherwise it runs, reusing per-frame outputs that are still valid (so an
+interrupted stage resumes and a damaged output is recomputed alone). A stage that reads another
+stage's outputs first checks, with :func:`require_manifest`, that they are what that stage would
+compute now and that its files are intact; if not it stops with the command that repairs them.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from .. import __version__
+from ..integrity import check_files, code_fingerprint, digest, files_entry
 from ..io import fingerprint, write_json
+from ..lock import is_dead_temp
+from ..paths import UnsafeNameError, plain_name
 
 log = logging.getLogger("metaseg_pgn")
+
+MANIFEST = "manifest.json"
 
 
 class StageError(RuntimeError):
@@ -34,6 +50,7 @@ class RunContext:
 
     cfg: dict
     run_dir: Path = field(init=False)
+    cache: dict = field(default_factory=dict, repr=False)  # per-process helpers (input hashes)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.cfg["run_dir"])
@@ -48,6 +65,10 @@ class RunContext:
     @property
     def progress(self) -> bool:
         return bool(self.cfg.get("progress", True))
+
+    def forced(self, stage: str) -> bool:
+        """Whether the configuration's ``force`` list names ``stage`` (recompute, reuse nothing)."""
+        return stage in (self.cfg.get("force") or [])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,85 +115,237 @@ def evaluated_dataset(cfg: dict) -> dict | None:
 
 
 def dataset_key(ds_cfg: dict) -> str:
-    """A folder name for one dataset and split, e.g. ``synthetic-val``."""
+    """A folder name for one dataset and split, e.g. ``synthetic-val`` (plain names only)."""
     split = ds_cfg.get("split") or ds_cfg.get("track") or "all"
-    return f"{ds_cfg['name']}-{split}"
+    try:
+        name = plain_name(ds_cfg["name"], "dataset name")
+        split = plain_name(split, f"dataset {ds_cfg['name']!r} split")
+    except UnsafeNameError as e:
+        raise StageError(str(e)) from None
+    return f"{name}-{split}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans and fingerprints
+
+
+@dataclass
+class Plan:
+    """Everything a stage's outputs depend on; its hash is the stage's fingerprint.
+
+    Attributes
+    ----------
+    config : dict
+        The configuration sections the stage reads (top-level keys of the configuration), plus
+        content hashes of the files it reads that are not outputs of another stage.
+    upstream : dict of str to str
+        Stage name → :func:`upstream_token` of that stage's manifest.
+    code : dict of str to str
+        :func:`metaseg_pgn.integrity.code_fingerprint` of the modules the stage runs.
+    """
+
+    config: dict
+    upstream: dict[str, str]
+    code: dict[str, str]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint({"config": self.config, "upstream": self.upstream, "code": self.code,
+                            "format": __version__})
+
+
+#: Modules every stage runs: these rules and the atomic writes.
+COMMON_CODE = ("metaseg_pgn.stages.common", "metaseg_pgn.io", "metaseg_pgn.integrity", "metaseg_pgn.lock")
+
+
+def make_plan(config: dict, upstream: dict[str, str], modules: Iterable[str]) -> Plan:
+    """The plan of a stage that reads ``config``, the outputs ``upstream`` and runs ``modules``."""
+    return Plan(config, upstream, code_fingerprint([*COMMON_CODE, *modules]))
+
+
+def upstream_token(manifest: dict) -> str:
+    """What a downstream stage records of an upstream manifest: the hashes of its files and the
+    description of its outputs, i.e. the content it reads (an upstream re-run that writes the same
+    bytes leaves what follows up to date; one that writes other bytes makes it recompute)."""
+    return fingerprint({"files": digest(manifest.get("files") or {}), "outputs": manifest.get("outputs")})
+
+
+def current_plan(ctx: RunContext, stage: str) -> Plan:
+    """The plan ``stage`` would run with now (its module's ``plan(ctx)``)."""
+    return importlib.import_module(f"{__package__}.{stage}").plan(ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests
 
 
 def manifest_path(ctx: RunContext, stage: str) -> Path:
-    return ctx.stage_dir(stage) / "manifest.json"
+    return ctx.stage_dir(stage) / MANIFEST
 
 
 def read_manifest(ctx: RunContext, stage: str) -> dict | None:
+    """The stage's manifest, or None when it is missing, unreadable or edited (its checksum no
+    longer matches): the stage then counts as never run and recomputes."""
     path = manifest_path(ctx, stage)
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StageError(f"{path}: corrupt manifest ({e}); delete it to recompute the stage") from None
+        manifest = json.loads(path.read_text())
+        ok = isinstance(manifest, dict) and manifest.get("checksum") == _checksum(manifest)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        log.warning("%s is damaged or was edited (it does not match its checksum); the stage %s is "
+                    "treated as not run and recomputes", path, stage)
+        return None
+    return manifest
+
+
+def _checksum(manifest: dict) -> str:
+    return fingerprint({k: v for k, v in manifest.items() if k != "checksum"})
+
+
+def is_up_to_date(ctx: RunContext, stage: str, plan: Plan) -> bool:
+    """Manifest with the plan's fingerprint, and every file it lists intact; never when forced."""
+    if ctx.forced(stage):
+        log.info("%s: forced (force=%s): recomputing", stage, list(ctx.cfg.get("force") or []))
+        return False
+    manifest = read_manifest(ctx, stage)
+    if manifest is None:
+        return False
+    if manifest.get("fingerprint") != plan.fingerprint:
+        log.info("%s: %s changed since the last run: recomputing", stage, _what_changed(manifest, plan))
+        return False
+    problems = check_files(ctx.run_dir, manifest.get("files") or {})
+    if problems:
+        log.warning("%s: %d of its outputs are missing or damaged (%s): recomputing them", stage,
+                    len(problems), _first(problems))
+        return False
+    return True
 
 
 def require_manifest(ctx: RunContext, stage: str, needed_by: str) -> dict:
-    """The manifest of ``stage``, whose outputs ``needed_by`` reads.
+    """The manifest of ``stage``, whose outputs ``needed_by`` reads, checked first.
 
-    Refuses (StageError) outputs that this run's configuration would not produce: a configuration
-    section recorded in the manifest (or in an upstream manifest it was made from) that differs
-    from the current one, or an upstream stage that has re-run since. Otherwise a stage run on its
-    own (``stage=features`` after changing ``pgn.ps``) would silently evaluate the old outputs.
+    Refuses (StageError, with the command that repairs it) outputs that ``stage`` would not
+    produce now (another configuration, code, model or input files, or upstream outputs that
+    changed since) and outputs that are missing or damaged. Otherwise a stage run on its own
+    (``stage=features`` after changing ``pgn.ps``) would silently evaluate the old outputs.
     """
     manifest = read_manifest(ctx, stage)
     if manifest is None:
         raise StageError(
-            f"stage {needed_by!r} needs the outputs of {stage!r}, but {manifest_path(ctx, stage)} "
-            f"does not exist: run stage={stage} first (or stage=all)"
-        )
-    _require_current(ctx, stage, needed_by, manifest)
+            f"stage {needed_by!r} needs the outputs of {stage!r}, but {manifest_path(ctx, stage)} is "
+            f"missing or damaged: run stage={stage} first (or stage=all)")
+    plan = current_plan(ctx, stage)
+    if manifest.get("fingerprint") != plan.fingerprint:
+        raise StageError(
+            f"stage {needed_by!r} needs the outputs of {stage!r}, but they were made with another "
+            f"{_what_changed(manifest, plan)}: run stage={stage} first (or stage=all)")
+    problems = check_files(ctx.run_dir, manifest.get("files") or {})
+    if problems:
+        raise StageError(
+            f"stage {needed_by!r} needs the outputs of {stage!r}, but {len(problems)} of them are "
+            f"missing or damaged ({_first(problems)}): run stage={stage} first (or stage=all), which "
+            f"recomputes them")
     return manifest
 
 
-def _require_current(ctx: RunContext, stage: str, needed_by: str, manifest: dict) -> None:
-    # Sections are top-level configuration keys (infer, features, meta); keys that are not (a
-    # stage recording the inside of its own section) cannot be compared and are left alone.
-    differ = [key for key, value in (manifest.get("config") or {}).items()
-              if key in ctx.cfg and fingerprint(value) != fingerprint(ctx.cfg[key])]
+def _what_changed(manifest: dict, plan: Plan) -> str:
+    parts = []
+    old_cfg = manifest.get("config") or {}
+    keys = sorted(set(old_cfg) | set(plan.config))
+    differ = [k for k in keys if fingerprint(old_cfg.get(k)) != fingerprint(plan.config.get(k))]
     if differ:
-        raise StageError(
-            f"stage {needed_by!r} needs the outputs of {stage!r}, but {manifest_path(ctx, stage)} records "
-            f"another configuration ({', '.join(map(repr, differ))} differ from this run's): "
-            f"run stage={stage} first (or stage=all)"
-        )
-    for up, fp in (manifest.get("upstream") or {}).items():
-        up_manifest = read_manifest(ctx, up)
-        if up_manifest is None or up_manifest.get("fingerprint") != fp:
-            raise StageError(
-                f"stage {needed_by!r} needs the outputs of {stage!r}, but they were made from outputs "
-                f"of {up!r} that have changed since (or are gone): run stage={stage} first (or stage=all)"
-            )
-        _require_current(ctx, up, needed_by, up_manifest)
+        parts.append("configuration or input files (" + ", ".join(differ) + ")")
+    old_code = manifest.get("code") or {}
+    code = [k for k in sorted(set(old_code) | set(plan.code)) if old_code.get(k) != plan.code.get(k)]
+    if code:
+        parts.append("code (" + ", ".join(code) + ")")
+    old_up = manifest.get("upstream") or {}
+    up = [k for k in sorted(set(old_up) | set(plan.upstream)) if old_up.get(k) != plan.upstream.get(k)]
+    if up:
+        parts.append("upstream outputs (" + ", ".join(up) + ")")
+    return " and ".join(parts) or "format"
 
 
-def stage_fingerprint(config_part: Any, upstream: dict[str, str]) -> str:
-    return fingerprint({"config": config_part, "upstream": upstream, "format": __version__})
+def _first(problems: dict[str, str], n: int = 3) -> str:
+    shown = "; ".join(f"{k}: {v}" for k, v in list(problems.items())[:n])
+    return shown + (f"; and {len(problems) - n} more" if len(problems) > n else "")
 
 
-def is_up_to_date(ctx: RunContext, stage: str, fp: str) -> bool:
-    manifest = read_manifest(ctx, stage)
-    return manifest is not None and manifest.get("fingerprint") == fp
+def write_manifest(ctx: RunContext, stage: str, plan: Plan, outputs: Any, started: float,
+                   files: Iterable[str | os.PathLike] = (), keep: Iterable[str | os.PathLike] = ()) -> dict:
+    """Record the stage's outputs and remove what no longer belongs to it.
 
-
-def write_manifest(ctx: RunContext, stage: str, fp: str, config_part: Any,
-                   upstream: dict[str, str], outputs: Any, started: float) -> dict:
+    Parameters
+    ----------
+    plan : Plan
+        The plan the outputs were computed with.
+    outputs : any
+        JSON-serialisable description of the outputs (read by later stages).
+    files : iterable of path
+        Every output file (absolute, or relative to the run folder); each is recorded with its size
+        and SHA-256 and checked before it is reused or read.
+    keep : iterable of path
+        Files of the stage folder that are caches, not outputs (kept, not recorded).
+    started : float
+        ``time.time()`` when the stage started.
+    """
+    entries = files_entry(ctx.run_dir, files)
+    prune(ctx.stage_dir(stage), {ctx.run_dir / rel for rel in entries} | {_abs(ctx, p) for p in keep})
     manifest = {
         "stage": stage,
-        "fingerprint": fp,
-        "config": config_part,
-        "upstream": upstream,
+        "fingerprint": plan.fingerprint,
+        "config": plan.config,
+        "upstream": plan.upstream,
+        "code": plan.code,
         "outputs": outputs,
+        "files": entries,
         "version": __version__,
         "torch": torch.__version__,
         "seconds": round(time.time() - started, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    manifest = json.loads(json.dumps(manifest, default=_plain))  # the form read_manifest returns
+    manifest["checksum"] = _checksum(manifest)
     write_json(manifest_path(ctx, stage), manifest)
     return manifest
+
+
+def _abs(ctx: RunContext, p: str | os.PathLike) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else ctx.run_dir / p
+
+
+def _plain(o: Any) -> Any:
+    from ..io import _json_default
+
+    return _json_default(o)
+
+
+def prune(folder: Path, wanted: set[Path]) -> int:
+    """Delete the files under ``folder`` that are not in ``wanted`` (nor its manifest, nor the
+    temporary file of a live writer), then the folders left empty. Returns how many were deleted."""
+    if not folder.is_dir():
+        return 0
+    wanted = {Path(os.path.abspath(p)) for p in wanted}
+    removed = 0
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            try:
+                path.rmdir()  # only when empty
+            except OSError:
+                pass
+            continue
+        if path.name == MANIFEST and path.parent == folder:
+            continue
+        if path.name.endswith(".tmp") and path.name.startswith(".") and not is_dead_temp(path):
+            continue
+        if Path(os.path.abspath(path)) in wanted:
+            continue
+        path.unlink()
+        removed += 1
+    if removed:
+        log.info("removed %d files of %s that no longer belong to this configuration", removed, folder)
+    return removed

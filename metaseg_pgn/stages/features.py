@@ -3,8 +3,10 @@
 Per frame (one frame in memory at a time): read the record, resize what is stored at feature
 resolution, compute E, D, V and take the PGN and baseline maps, aggregate all of them over each
 segment (:func:`metaseg_pgn.segments.segment_features`), and write the frame's rows to
-``features/_frames/<dataset>/<frame>.parquet`` atomically. Frames already done with the same
-fingerprint are skipped, so an interrupted or killed run resumes. Finally the frames are
+``features/_frames/<dataset>/<frame>.parquet`` atomically. A frame file is reused when it reads
+back whole (Parquet page checksums) and carries the fingerprint of the record's content hash and
+this stage's code, so an interrupted or killed run resumes and a changed record recomputes its
+frame alone. Finally the frames are
 concatenated in frame order into ``features/data/dataset=<name>/split=<split>/part-0.parquet``,
 so the table is byte-identical whichever executor and worker count computed the frames.
 
@@ -13,7 +15,8 @@ pool) and ``dask`` (``features.scheduler=ADDRESS``, or a local cluster of ``work
 Every frame is computed with one intra-op thread and its file holds nothing about the worker that
 made it. A Dask worker that dies takes its task with it; the scheduler runs the task again on
 another worker (tasks are impure, two retries), and a rerun of a killed stage computes only the
-frames whose files are missing. Temporary files of killed writers are removed at the end.
+frames whose files are missing. Temporary files of killed writers are removed at the end. Pool
+workers (and the workers of a local Dask cluster) end when the process that started them dies.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) rank ``r`` computes every ``WORLD_SIZE``-th frame with the
 ``process`` executor, rank 0 concatenates after a barrier and writes the manifest, and a last
@@ -34,14 +37,17 @@ from tqdm import tqdm
 
 from ..io import fingerprint
 from ..maps import ENTROPY_CONVENTIONS
+from ..lock import remove_dead_temps
 from ..segments import segment_features
 from ..store import read_record
-from ..table import schema_metadata, write_table
-from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, require_manifest,
-                     stage_fingerprint, write_manifest)
-from .infer import barrier, init_process_group, rank_world, remove_stale_temps
+from ..table import read_parquet_verified, schema_metadata, write_parquet_options, write_table
+from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
+                     require_manifest, upstream_token, write_manifest)
+from .infer import barrier, init_process_group, rank_world
 
 STAGE = "features"
+CODE = ("metaseg_pgn.stages.features", "metaseg_pgn.segments", "metaseg_pgn.store", "metaseg_pgn.maps",
+        "metaseg_pgn.table")
 FEATURE_KINDS = ("semantic", None)  # OoD sets have 0/1 labels: no IoU target, not meta-learned
 
 
@@ -73,11 +79,12 @@ def compute_frame(record_path: str, out_path: str, expect: dict[str, str], frame
 
 
 def _done(out_path: str, frame_fp: str) -> bool:
+    """The frame file exists, reads back whole (page checksums) and has the fingerprint ``frame_fp``."""
     if not os.path.exists(out_path):
         return False
     try:
-        meta = pq.read_schema(out_path).metadata or {}
-    except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed
+        meta = read_parquet_verified(out_path).schema.metadata or {}
+    except Exception:  # noqa: BLE001 - an unreadable or damaged cache file is recomputed
         return False
     return meta.get(b"metaseg_pgn.frame_fingerprint") == frame_fp.encode()
 
@@ -88,17 +95,25 @@ def _single_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run(ctx: RunContext) -> dict:
-    started = time.time()
+def plan(ctx: RunContext) -> Plan:
+    """The infer records (checked against the infer manifest) and ``features.entropy``, the one
+    setting that changes bytes (workers and executor do not)."""
     infer_manifest = require_manifest(ctx, "infer", STAGE)
-    upstream = {"infer": infer_manifest["fingerprint"]}
     entropy = ctx.cfg["features"].get("entropy", "exact")
     if entropy not in ENTROPY_CONVENTIONS:
         raise StageError(f"features.entropy={entropy!r}: choose one of {list(ENTROPY_CONVENTIONS)}")
-    fp = stage_fingerprint({"entropy": entropy}, upstream)
-    if is_up_to_date(ctx, STAGE, fp):
+    return make_plan({"features.entropy": entropy}, {"infer": upstream_token(infer_manifest)}, CODE)
+
+
+def run(ctx: RunContext) -> dict:
+    started = time.time()
+    the_plan = plan(ctx)
+    if is_up_to_date(ctx, STAGE, the_plan):
         log.info("features: up to date")
         return {}
+    infer_manifest = require_manifest(ctx, "infer", STAGE)
+    record_hashes = infer_manifest.get("files") or {}
+    entropy = the_plan.config["features.entropy"]
     jobs, parts = [], {}
     main = evaluated_dataset(ctx.cfg)
     main_key = dataset_key(main) if main is not None else None
@@ -109,12 +124,15 @@ def run(ctx: RunContext) -> dict:
             continue  # an OoD set without labels (benchmark test frames): scored by ood_eval only
         name, split = _name_split(ctx.cfg, key)
         frame_dir = ctx.stage_dir(STAGE) / "_frames" / key
-        frame_fp = fingerprint({"records": out["fingerprints"], "stage": fp})
         files = []
         for frame_id in out["frames"]:
-            record = ctx.run_dir / out["records"] / f"{frame_id}.npz"
+            rel = f"{out['records']}/{frame_id}.npz"
+            # One frame's rows depend on its record's bytes and this stage's code, nothing else.
+            frame_fp = fingerprint({"record": record_hashes.get(rel, {}).get("sha256"),
+                                    "fingerprints": out["fingerprints"], "config": the_plan.config,
+                                    "code": the_plan.code})
             target = frame_dir / f"{frame_id}.parquet"
-            jobs.append((str(record), str(target), out["fingerprints"], frame_fp, entropy))
+            jobs.append((str(ctx.run_dir / rel), str(target), out["fingerprints"], frame_fp, entropy))
             files.append(str(target))
         parts[key] = (name, split, files)
     if not jobs:
@@ -122,7 +140,7 @@ def run(ctx: RunContext) -> dict:
                f"the evaluated dataset {main_key!r} has OoD labels (0/1/255), not class labels: "
                "its segments have no IoU")
         log.warning("features: skipped: %s", why)
-        write_manifest(ctx, STAGE, fp, {}, upstream, {"skipped": why}, started)
+        write_manifest(ctx, STAGE, the_plan, {"skipped": why}, started)
         barrier()
         return {}
     rank, world = rank_world()
@@ -132,19 +150,25 @@ def run(ctx: RunContext) -> dict:
             jobs = jobs if rank == 0 else []  # one client submits; the cluster spreads the work
         else:
             jobs = jobs[rank::world]  # from the full list: the same shards whatever is done
+    if ctx.forced(STAGE):
+        for job in jobs:  # recompute every frame: no frame file is reused
+            Path(job[1]).unlink(missing_ok=True)
     jobs = [job for job in jobs if not _done(job[1], job[3])]  # a rerun starts no idle workers
     _execute(jobs, ctx, show_progress=rank == 0)
     barrier()  # every rank has written its frames
 
     outputs = {}
     if rank == 0:
+        targets, frame_files = [], []
         for key, (name, split, files) in parts.items():
-            remove_stale_temps(ctx.stage_dir(STAGE) / "_frames" / key)
+            remove_dead_temps(ctx.stage_dir(STAGE) / "_frames" / key)
             target = ctx.stage_dir(STAGE) / "data" / f"dataset={name}" / f"split={split}" / "part-0.parquet"
-            remove_stale_temps(target.parent)
-            rows = _concatenate(files, target, {"stage_fingerprint": fp, "dataset": name, "split": split})
-            outputs[key] = {"path": str(target.relative_to(ctx.run_dir)), "rows": rows}
-        write_manifest(ctx, STAGE, fp, {}, upstream, outputs, started)
+            remove_dead_temps(target.parent)
+            rows = _concatenate(files, target, {"stage_fingerprint": the_plan.fingerprint, "dataset": name, "split": split})
+            outputs[key] = {"path": target.relative_to(ctx.run_dir).as_posix(), "rows": rows}
+            targets.append(target)
+            frame_files.extend(files)
+        write_manifest(ctx, STAGE, the_plan, outputs, started, files=targets, keep=frame_files)
     barrier()  # the manifest exists before any rank starts the next stage
     return outputs
 
@@ -179,10 +203,24 @@ def _execute(jobs: list[tuple], ctx: RunContext, show_progress: bool = True) -> 
         finally:
             torch.set_num_threads(threads)  # compute_frame set one thread; give this process back its own
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             for _ in pool.map(_compute_job, jobs, chunksize=1):
                 bar.update(1)
     bar.close()
+
+
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """In a worker process: end it (``os._exit``) once ``parent``, the process that started it, is
+    gone, so workers never outlive a killed run. A daemon thread polls the parent pid."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _compute_job(job: tuple) -> str:
@@ -208,6 +246,8 @@ def _execute_dask(jobs, fcfg, workers, bar) -> None:
                                    dashboard_address=None)
     try:
         with Client(address or cluster) as client:
+            if cluster is not None:  # our own workers end with us (not those of a shared scheduler)
+                client.register_plugin(_exit_with_parent_plugin(os.getpid()))
             # pure=False: a task lost with a killed worker is simply run again elsewhere; its
             # frame file is written atomically, so a second run of the same task is harmless.
             futures = [client.submit(compute_frame, *job, pure=False, retries=2) for job in jobs]
@@ -219,6 +259,20 @@ def _execute_dask(jobs, fcfg, workers, bar) -> None:
             cluster.close()
 
 
+def _exit_with_parent_plugin(parent: int):
+    """A Dask worker plugin running :func:`exit_with_parent` in every worker started by ``parent``."""
+    from distributed import WorkerPlugin
+
+    class ExitWithParent(WorkerPlugin):
+        name = "metaseg_pgn-exit-with-parent"
+
+        def setup(self, worker) -> None:
+            if os.getppid() == parent:
+                exit_with_parent(parent)
+
+    return ExitWithParent()
+
+
 def _concatenate(files: list[str], target: Path, config: dict) -> int:
     """Frame files in order → one Parquet file, one row group per frame (bounded memory)."""
     schema, rows = None, 0
@@ -227,10 +281,10 @@ def _concatenate(files: list[str], target: Path, config: dict) -> int:
     with atomic_write(target, "wb") as f:
         writer = None
         for path in files:
-            table = pq.read_table(path).replace_schema_metadata(None)
+            table = read_parquet_verified(path).replace_schema_metadata(None)
             if writer is None:
                 schema = table.schema.with_metadata(schema_metadata(table.column_names, config))
-                writer = pq.ParquetWriter(f, schema, compression="zstd")
+                writer = pq.ParquetWriter(f, schema, **write_parquet_options())
             if table.schema.names != schema.names:
                 raise StageError(f"features: {path} has other columns than the first frame's "
                                  "(records from different configurations?)")

@@ -1,23 +1,29 @@
 """Stage ``infer``: run the network once per frame and write its record (see :mod:`metaseg_pgn.store`).
 
 Records are written atomically one frame at a time, so an interrupted run resumes where it stopped.
-A record is reused when its fingerprints match the configuration: ``core`` (model + dataset),
-``pgn`` (core + PGN settings), ``baselines`` (core + baseline settings). Changing a p value
-re-runs the (cheap) forward pass and PGN maps but keeps the costly MC-dropout and ensemble maps.
-Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) the frames are cut into fixed
-batches of ``infer.batch_size`` consecutive frames; every rank lists the batches with a missing or
-stale record, all ranks meet at a barrier (so they all see the same list), and rank ``r`` takes every
-``WORLD_SIZE``-th of them from the ``r``-th on. Records land in the same folders, one file per frame,
-so ranks never write the same file. After a second barrier rank 0 alone checks that every record is
-there, removes temporary files left by killed writers and writes the manifest; a third barrier lets
-every rank go on to the next stage only once the manifest exists. A killed rank makes ``torchrun``
-stop the job; running it again (with any number of ranks, or without ``torchrun``) computes only
-what is missing.
+A record is reused when its fingerprints match the configuration: ``core`` (model and its weights'
+content hash, dataset, code, thread count), ``pgn`` (core + PGN settings), ``baselines`` (core +
+baseline settings and the ensemble members' weights), and, for datasets of files, ``input`` (the
+content hash of the frame's image and label, cached by path, size and mtime in
+``<run_dir>/.cache/input_hashes.json``); and when its bytes are those the previous manifest
+recorded (or, for a record written after it, every member of the file passes its CRC). Changing a
+p value re-runs the (cheap) forward pass and PGN maps but keeps the costly MC-dropout and ensemble
+maps; an image overwritten in place recomputes that frame alone.
 
-Because a batch is always the same frames, a record does not depend on the number of ranks or on
-interruptions: on CPU it is identical to a single-process run with the same number of intra-op
-threads (``torchrun`` sets ``OMP_NUM_THREADS=1`` per rank; CPU kernels may round differently with
-another thread count).
+Every frame goes through the network alone (batch of one), so a record does not depend on
+``infer.batch_size``, which only sets the unit of work shared out under ``torchrun``: the frames are
+cut into fixed batches of ``batch_size`` consecutive frames; every rank lists the batches with a
+missing or stale record, all ranks meet at a barrier (so they all see the same list), and rank ``r``
+takes every ``WORLD_SIZE``-th of them from the ``r``-th on. Records land in the same folders, one
+file per frame, so ranks never write the same file. After a second barrier rank 0 alone checks that
+every record is there, removes temporary files left by killed writers and writes the manifest; a
+third barrier lets every rank go on to the next stage only once the manifest exists. A killed rank
+makes ``torchrun`` stop the job; running it again (with any number of ranks, or without
+``torchrun``) computes only what is missing.
+
+On CPU the kernels may round differently with another number of intra-op threads, so the thread
+count is part of ``core`` (``torchrun`` sets ``OMP_NUM_THREADS=1`` per rank: a record is identical to
+a single-process run with one thread).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import datetime
 import os
 import signal
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -35,13 +42,16 @@ from tqdm import tqdm
 
 from ..baselines import ensemble_maps, mc_dropout_maps
 from ..data.registry import get_dataset
+from ..integrity import InputHashes, code_fingerprint, file_problem, hash_once
 from ..io import fingerprint
+from ..lock import remove_dead_temps
 from ..models.loader import load_model
+from ..paths import UnsafeNameError, plain_name
 from ..store import Record, RecordError, read_meta, read_record, relative_logits, encode_logs, write_record
 from ..outputs import image_logits, select_logits
 from ..wrapper import PGNModel, argmax_channels
-from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log,
-                     stage_fingerprint, write_manifest)
+from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log,
+                     make_plan, read_manifest, write_manifest)
 
 STAGE = "infer"
 
@@ -59,13 +69,93 @@ def dataset_configs(cfg: dict) -> list[dict]:
     return [*([main] if main is not None else []), *cfg.get("ood_datasets", [])]
 
 
-def group_fingerprints(cfg: dict, ds_cfg: dict) -> dict[str, str]:
-    core = fingerprint({"model": cfg["model"], "dataset": ds_cfg})
+#: The modules whose source makes the records (with :mod:`.common` and :mod:`metaseg_pgn.io`).
+CODE = ("metaseg_pgn.stages.infer", "metaseg_pgn.wrapper", "metaseg_pgn.pgn", "metaseg_pgn.store",
+        "metaseg_pgn.baselines", "metaseg_pgn.maps", "metaseg_pgn.models", "metaseg_pgn.data",
+        "metaseg_pgn.paths")
+
+
+def model_files(cfg: dict) -> dict[str, str]:
+    """Content hashes of what makes the network: the checkpoint (or the shipped weights of the
+    configured member) and the source of a user factory ``module:callable``."""
+    mcfg = cfg["model"]
+    if mcfg["name"] != "checkpoint":
+        from ..models.pretrained import weights_path
+
+        return {"weights": _hash_model_file(weights_path(mcfg["name"], mcfg.get("seed", 0)), "model weights")}
+    out = {}
+    if mcfg.get("checkpoint"):
+        out["checkpoint"] = _hash_model_file(Path(mcfg["checkpoint"]), "model.checkpoint")
+    factory = str(mcfg.get("factory", "compact"))
+    if ":" in factory:
+        try:
+            out["factory"] = code_fingerprint([factory.split(":", 1)[0]])
+        except (ImportError, ValueError) as e:
+            raise StageError(f"model.factory={factory!r} cannot be imported: {e}") from None
+    return out
+
+
+def member_files(cfg: dict) -> dict[str, str]:
+    """Content hashes of the shipped weights of the ensemble members in use."""
+    from ..models.pretrained import weights_path
+
+    return {str(s): _hash_model_file(weights_path(cfg["model"]["name"], s), "ensemble member weights")
+            for s in ensemble_seeds(cfg)}
+
+
+def _hash_model_file(path: Path, what: str) -> str:
+    try:
+        return hash_once(path)
+    except FileNotFoundError:
+        raise StageError(f"{what}: {path} does not exist") from None
+
+
+def runtime(ctx: RunContext) -> dict:
+    """The settings of this process that change the computed bytes: device and CPU thread count."""
+    device = ctx.device
+    if device.type == "cpu":
+        return {"device": "cpu", "threads": torch.get_num_threads()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"device": device.type, "name": name}
+
+
+def group_fingerprints(ctx: RunContext, ds_cfg: dict) -> dict[str, str]:
+    """The fingerprint of each group of a record's contents (see the module docstring)."""
+    cfg = ctx.cfg
+    core = fingerprint({"model": cfg["model"], "dataset": ds_cfg, "model_files": model_files(cfg),
+                        "code": code_fingerprint(CODE), "runtime": runtime(ctx)})
     return {
         "core": core,
         "pgn": fingerprint({"core": core, "pgn": cfg["pgn"]}),
-        "baselines": fingerprint({"core": core, "baselines": resolved_baselines(cfg), "seed": cfg["seed"]}),
+        "baselines": fingerprint({"core": core, "baselines": resolved_baselines(cfg), "seed": cfg["seed"],
+                                  "members": member_files(cfg)}),
     }
+
+
+def input_hashes(ctx: RunContext, ds) -> dict[str, str] | None:
+    """Frame id → content hash of the frame's image and label files; None for generated datasets
+    (their frames are a function of the configuration and the code, both fingerprinted)."""
+    for frame_id in ds.frame_ids:
+        try:
+            plain_name(frame_id, f"frame id of {ds!r}", allow_slash=True)
+        except UnsafeNameError as e:
+            raise StageError(str(e)) from None
+    if not callable(getattr(ds, "files", None)):
+        return None
+    hasher = ctx.cache.get("input_hashes")
+    if hasher is None:
+        hasher = ctx.cache["input_hashes"] = InputHashes(ctx.run_dir / ".cache" / "input_hashes.json")
+    out = {}
+    for frame_id in ds.frame_ids:
+        files = ds.files(frame_id)
+        out[frame_id] = fingerprint([hasher(p) for p in (files.image, files.label) if p is not None])
+    hasher.save()
+    return out
+
+
+def frame_expect(groups: dict[str, str], inputs: dict[str, str] | None, frame_id: str) -> dict[str, str]:
+    """What a frame's record must carry: the group fingerprints, and its input hash (file datasets)."""
+    return groups if inputs is None else {**groups, "input": inputs[frame_id]}
 
 
 def ensemble_seeds(cfg: dict) -> list[int]:
@@ -95,9 +185,20 @@ def resolved_baselines(cfg: dict) -> dict:
     return base
 
 
-def stage_config(cfg: dict) -> dict:
-    part = {k: cfg[k] for k in ("dataset", "ood_datasets", "model", "pgn", "baselines", "seed")}
-    return {**part, "ensemble_members": ensemble_seeds(cfg)}
+def plan(ctx: RunContext) -> Plan:
+    """Configuration sections, model and ensemble weights, input files (per dataset), runtime, code."""
+    cfg = ctx.cfg
+    config = {k: cfg[k] for k in ("dataset", "ood_datasets", "model", "pgn", "baselines", "seed")}
+    config["ensemble_members"] = member_files(cfg)
+    config["model_files"] = model_files(cfg)
+    config["runtime"] = runtime(ctx)
+    keys = [dataset_key(ds_cfg) for ds_cfg in dataset_configs(cfg)]  # plain names, before any use
+    inputs = {}
+    for ds_cfg in dataset_configs(cfg):
+        hashes = input_hashes(ctx, make_dataset(ds_cfg))
+        inputs[dataset_key(ds_cfg)] = None if hashes is None else fingerprint(hashes)
+    config["inputs"] = inputs
+    return make_plan(config, {}, CODE)
 
 
 def records_dir(ctx: RunContext, ds_cfg: dict) -> Path:
@@ -112,9 +213,8 @@ def frame_seed(seed: int, frame_id: str) -> int:
 def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     started = time.time()
-    config_part = stage_config(cfg)
-    fp = stage_fingerprint(config_part, {})
-    if is_up_to_date(ctx, STAGE, fp):
+    the_plan = plan(ctx)
+    if is_up_to_date(ctx, STAGE, the_plan):
         log.info("infer: up to date")
         return {}
     if not dataset_configs(cfg):
@@ -125,6 +225,10 @@ def run(ctx: RunContext) -> dict:
     device = ctx.device
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    # Records whose bytes the last manifest recorded are checked against it before reuse.
+    previous = None if ctx.forced(STAGE) else read_manifest(ctx, STAGE)
+    known = {ctx.run_dir / rel: e for rel, e in ((previous or {}).get("files") or {}).items()}
+    reuse = not ctx.forced(STAGE)
 
     # A model without a checkpoint is randomly initialised: from a fixed seed, so that every rank
     # and every resumed run gets the same network (its records share one "core" fingerprint).
@@ -137,95 +241,95 @@ def run(ctx: RunContext) -> dict:
                        resolution=pgn["resolution"], include_bias=pgn["include_bias"],
                        deeper="deep" in pgn["layers"])
     members = _ensemble_members(cfg, loaded, device)
+    main = evaluated_dataset(cfg)  # its labels fix the number of classes the model must have
+    evaluated = make_dataset(main) if main is not None else None
+    classes = evaluated.num_classes if evaluated is not None and evaluated.label_kind == "semantic" else None
 
     batch_size = int(cfg["infer"]["batch_size"])
     plans, outputs = [], {}
     for ds_cfg in dataset_configs(cfg):
         ds = make_dataset(ds_cfg)
-        expect = group_fingerprints(cfg, ds_cfg)
+        groups = group_fingerprints(ctx, ds_cfg)
+        inputs = input_hashes(ctx, ds)
+        expects = {f: frame_expect(groups, inputs, f) for f in ds.frame_ids}
         out_dir = records_dir(ctx, ds_cfg)
-        plans.append((ds_cfg, ds, expect, out_dir, stale_batches(ds.frame_ids, out_dir, expect, batch_size)))
+        stale = {f: (_stale_groups(out_dir / f"{f}.npz", expects[f], known) if reuse else set(expects[f]))
+                 for f in ds.frame_ids}
+        plans.append((ds_cfg, ds, expects, stale, out_dir, stale_batches(ds.frame_ids, stale, batch_size)))
         outputs[dataset_key(ds_cfg)] = {
             "frames": ds.frame_ids,
             "label_kind": ds.label_kind,
             "num_classes": ds.num_classes,
-            "fingerprints": expect,
-            "records": str(out_dir.relative_to(ctx.run_dir)),
+            "fingerprints": groups,
+            "records": out_dir.relative_to(ctx.run_dir).as_posix(),
         }
     barrier()  # every rank has listed the same stale batches before any rank writes
 
     kill_after = _test_kill_after(rank)
     written = 0
-    for ds_cfg, ds, expect, out_dir, batches in plans:
+    for ds_cfg, ds, expects, stale, out_dir, batches in plans:
         mine = batches[rank::world]
         bar = tqdm(total=sum(map(len, mine)), desc=f"infer {dataset_key(ds_cfg)}" +
                    (f" (rank 0 of {world})" if world > 1 else ""), unit="frame",
                    disable=not ctx.progress or rank != 0)
         for batch_ids in mine:
-            batch = [ds.load(f) for f in batch_ids]
-            for group in _same_size_groups(batch):
-                written += _infer_batch(group, ds, wrapper, loaded, members, cfg, expect, out_dir, device)
-                if kill_after is not None and written >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            bar.update(len(batch))
+            for frame_id in batch_ids:
+                if stale[frame_id]:
+                    _infer_frame(ds.load(frame_id), ds, wrapper, loaded, members, cfg, expects[frame_id],
+                                 stale[frame_id], out_dir / f"{frame_id}.npz", device, classes)
+                    written += 1
+            if kill_after is not None and written >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            bar.update(len(batch_ids))
         bar.close()
 
     barrier()  # every rank has written its records
     if rank == 0:
-        missing = [f"{k}/{f}" for k, o in outputs.items() for f in o["frames"]
-                   if _stale_groups(ctx.run_dir / o["records"] / f"{f}.npz", o["fingerprints"])]
+        missing = [f"{dataset_key(ds_cfg)}/{f}" for ds_cfg, ds, expects, _, out_dir, _ in plans
+                   for f in ds.frame_ids if _stale_groups(out_dir / f"{f}.npz", expects[f], None, verify=False)]
         if missing:
             raise StageError(f"infer: {len(missing)} records missing after all ranks finished, "
                              f"e.g. {missing[:3]}; re-run to complete them")
-        for _, _, _, out_dir, _ in plans:
-            remove_stale_temps(out_dir)
-        write_manifest(ctx, STAGE, fp, config_part, {}, outputs, started)
+        for _, _, _, _, out_dir, _ in plans:
+            remove_dead_temps(out_dir)
+        files = [out_dir / f"{f}.npz" for _, ds, _, _, out_dir, _ in plans for f in ds.frame_ids]
+        write_manifest(ctx, STAGE, the_plan, outputs, started, files=files)
     barrier()  # the manifest exists before any rank starts the next stage
     return outputs
 
 
-def stale_batches(frame_ids: list[str], out_dir: Path, expect: dict[str, str],
-                  batch_size: int) -> list[list[str]]:
-    """The fixed batches (``batch_size`` consecutive frames) with at least one stale record.
-
-    A batch is recomputed as a whole (the model sees the same batch as in an uninterrupted run)
-    but only its stale records are written.
-    """
+def stale_batches(frame_ids: list[str], stale: dict[str, set], batch_size: int) -> list[list[str]]:
+    """The fixed batches (``batch_size`` consecutive frames) with at least one stale record."""
     batches = [frame_ids[i:i + batch_size] for i in range(0, len(frame_ids), max(batch_size, 1))]
-    return [b for b in batches if any(_stale_groups(out_dir / f"{f}.npz", expect) for f in b)]
+    return [b for b in batches if any(stale[f] for f in b)]
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files (``.NAME.*.tmp`` of :func:`metaseg_pgn.io.atomic_write`) that a
-    killed writer left behind. Call only when no writer is active in ``folder``."""
-    removed = 0
-    if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
-            try:
-                tmp.unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass
-    if removed:
-        log.info("removed %d temporary files left by killed writers in %s", removed, folder)
-    return removed
-
-
-def _stale_groups(path: Path, expect: dict[str, str]) -> set[str]:
+def _stale_groups(path: Path, expect: dict[str, str], known: dict[Path, dict] | None,
+                  verify: bool = True) -> set[str]:
+    """The groups of ``path`` to recompute: all when the record is missing, unreadable, of another
+    input or (``verify``) damaged; else those whose fingerprint differs."""
     if not path.exists():
         return set(expect)
     try:
         have = read_meta(path)["fingerprints"]
     except RecordError:
         return set(expect)
-    return {g for g, fp in expect.items() if have.get(g) != fp}
+    stale = {g for g, fp in expect.items() if have.get(g) != fp}
+    if "input" in stale or len(stale) == len(expect) or (verify and not _intact(path, known or {})):
+        return set(expect)
+    return stale
 
 
-def _same_size_groups(frames):
-    groups: dict[tuple, list] = {}
-    for f in frames:
-        groups.setdefault(f.image.shape[:2], []).append(f)
-    return list(groups.values())
+def _intact(path: Path, known: dict[Path, dict]) -> bool:
+    """The bytes the last manifest recorded, or (a record written since) every member passes its CRC."""
+    entry = known.get(path)
+    if entry is not None and file_problem(path, entry) is None:
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 def _ensemble_members(cfg, loaded, device):
@@ -235,63 +339,56 @@ def _ensemble_members(cfg, loaded, device):
 
 
 @torch.no_grad()
-def _infer_batch(frames, ds, wrapper, loaded, members, cfg, expect, out_dir, device) -> int:
-    """Run one batch and write the records of its stale frames; returns how many were written."""
-    x = loaded.preprocess([f.image for f in frames], device)
+def _infer_frame(frame, ds, wrapper, loaded, members, cfg, expect, stale, path, device, classes) -> None:
+    """Run the network on one frame alone and write its record (reusing still valid baselines)."""
+    x = loaded.preprocess([frame.image], device)
     try:
         out = wrapper(x)
-        bad = [f.frame_id for i, f in enumerate(frames) if not torch.isfinite(out.logits[i]).all()]
+        bad = not torch.isfinite(out.logits[0]).all()
     except ValueError as e:  # the wrapper refuses non-finite activations before we see the logits
-        bad = [f.frame_id for i, f in enumerate(frames)
-               if not torch.isfinite(select_logits(loaded.model(x[i:i + 1]), loaded.output)).all()]
+        bad = not torch.isfinite(select_logits(loaded.model(x), loaded.output)).all()
         if not bad:
-            raise StageError(f"infer: {ds!r}, frames {[f.frame_id for f in frames]}: {e}") from None
+            raise StageError(f"infer: {ds!r}, frame {frame.frame_id!r}: {e}") from None
     if bad:
-        raise StageError(f"infer: the model output for frame {bad[0]!r} of {ds!r} contains NaN "
-                         f"or inf (frames affected in this batch: {bad})")
+        raise StageError(f"infer: the model output for frame {frame.frame_id!r} of {ds!r} contains NaN "
+                         "or inf")
+    if classes is not None and out.feature_logits.shape[1] != classes:
+        raise StageError(
+            f"infer: the model outputs {out.feature_logits.shape[1]} classes but the dataset "
+            f"{cfg['dataset']['name']!r} has {classes} (frame {frame.frame_id!r} of {ds!r}): use a model "
+            f"for these labels (model.num_classes={classes} for model=checkpoint)")
     # a model may return logits smaller than the image (SegFormer: 1/4): predict at the image size
     logits = image_logits(out.logits, x.shape[-2:], wrapper.align_corners)
     pred = out.pred if logits is out.logits else argmax_channels(logits)
     names = list(out.maps)
-    stacked = torch.stack([out.maps[n] for n in names], dim=1) if names else None  # (B, K, h, w)
-    base_cfg = cfg["baselines"]
-    written = 0
-    for i, frame in enumerate(frames):
-        path = out_dir / f"{frame.frame_id}.npz"
-        if not _stale_groups(path, expect):
-            continue  # up to date: recomputed only because it shares a batch with a stale frame
-        baselines = _reusable_baselines(path, expect)
-        if baselines is None:
-            baselines = _compute_baselines(loaded, members, base_cfg, x[i:i + 1], cfg["seed"], frame.frame_id)
-        record = Record(
-            frame_id=frame.frame_id,
-            pred=pred[i].cpu().numpy().astype(np.uint8),
-            logits=relative_logits(out.feature_logits[i]),
-            label=frame.label,
-            **_pgn_fields(stacked, i),
-            pgn_names=names,
-            baselines=np.stack(list(baselines.values())) if baselines else None,
-            baseline_names=list(baselines),
-            align_corners=bool(wrapper.align_corners),
-            fingerprints=expect,
-            label_kind=ds.label_kind,
-        )
-        write_record(path, record)
-        written += 1
-    return written
+    baselines = None if stale & {"core", "baselines"} else _stored_baselines(path)
+    if baselines is None:
+        baselines = _compute_baselines(loaded, members, cfg["baselines"], x, cfg["seed"], frame.frame_id)
+    record = Record(
+        frame_id=frame.frame_id,
+        pred=pred[0].cpu().numpy().astype(np.uint8),
+        logits=relative_logits(out.feature_logits[0]),
+        label=frame.label,
+        **_pgn_fields(torch.stack([out.maps[n][0] for n in names]) if names else None),
+        pgn_names=names,
+        baselines=np.stack(list(baselines.values())) if baselines else None,
+        baseline_names=list(baselines),
+        align_corners=bool(wrapper.align_corners),
+        fingerprints=expect,
+        label_kind=ds.label_kind,
+    )
+    write_record(path, record)
 
 
-def _pgn_fields(stacked: torch.Tensor | None, i: int) -> dict:
-    if stacked is None:
+def _pgn_fields(maps: torch.Tensor | None) -> dict:
+    if maps is None:
         return {"log_pgn": None, "log_pgn_offset": None}
-    residual, offset = encode_logs(stacked[i])
+    residual, offset = encode_logs(maps)
     return {"log_pgn": residual, "log_pgn_offset": offset}
 
 
-def _reusable_baselines(path: Path, expect: dict[str, str]) -> dict[str, np.ndarray] | None:
-    """The baseline maps of an existing record whose core and baseline fingerprints still match."""
-    if _stale_groups(path, expect) & {"core", "baselines"}:
-        return None
+def _stored_baselines(path: Path) -> dict[str, np.ndarray]:
+    """The baseline maps of an existing (checked) record whose core and baseline groups still match."""
     old = read_record(path)
     return {name: old.baselines[k] for k, name in enumerate(old.baseline_names)}
 

@@ -8,16 +8,18 @@ writes ``meta/meta_results.csv`` (every run, train and test), ``meta/meta_summar
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from ..meta import NON_FEATURE_COLUMNS, FeatureSet, evaluate, resolve_feature_sets, summarise, write_results
 from ..table import read_features
-from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, require_manifest,
-                     stage_fingerprint, write_manifest)
+from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
+                     require_manifest, upstream_token, write_manifest)
 
 STAGE = "meta"
+CODE = ("metaseg_pgn.stages.meta", "metaseg_pgn.meta", "metaseg_pgn.table")
 
 
 def feature_sets_from_config(mcfg: dict) -> list:
@@ -31,16 +33,22 @@ def feature_sets_from_config(mcfg: dict) -> list:
     return sets
 
 
+def plan(ctx: RunContext) -> Plan:
+    """The meta settings and seed, the feature table (checked against its manifest), the code."""
+    fman = require_manifest(ctx, "features", STAGE)
+    config = {"meta": dict(ctx.cfg["meta"]), "seed": ctx.cfg["seed"], "dataset": ctx.cfg["dataset"]}
+    return make_plan(config, {"features": upstream_token(fman)}, CODE)
+
+
 def run(ctx: RunContext) -> dict:
     started = time.time()
-    fman = require_manifest(ctx, "features", STAGE)
-    upstream = {"features": fman["fingerprint"]}
-    mcfg = dict(ctx.cfg["meta"])
-    config_part = {"meta": mcfg, "seed": ctx.cfg["seed"]}
-    fp = stage_fingerprint(config_part, upstream)
-    if is_up_to_date(ctx, STAGE, fp):
+    the_plan = plan(ctx)
+    if is_up_to_date(ctx, STAGE, the_plan):
         log.info("meta: up to date")
         return {}
+    fman = require_manifest(ctx, "features", STAGE)
+    mcfg = dict(ctx.cfg["meta"])
+    config_part = {"meta": mcfg, "seed": ctx.cfg["seed"]}
     main = evaluated_dataset(ctx.cfg)
     skipped = None
     if main is None:
@@ -55,7 +63,7 @@ def run(ctx: RunContext) -> dict:
                        "segments have no IoU to learn")
     if skipped:
         log.warning("meta: skipped: %s", skipped)
-        write_manifest(ctx, STAGE, fp, config_part, upstream, {"skipped": skipped}, started)
+        write_manifest(ctx, STAGE, the_plan, {"skipped": skipped}, started)
         return {}
     key = dataset_key(main)
     if key not in fman["outputs"]:
@@ -81,9 +89,10 @@ def run(ctx: RunContext) -> dict:
         raise StageError(f"meta: {e}") from None
     summary = summarise(results)
     files = write_results(results, summary, ctx.stage_dir(STAGE), predictions,
-                          metadata={"table": str(path), "segments": len(df), "config": config_part})
+                          metadata={"table": path.relative_to(ctx.run_dir).as_posix(), "segments": len(df),
+                                    "config": config_part})
     log.info("meta: %d feature sets, %d segments\n%s", len(resolved), len(df),
              summary[["feature_set", "auroc_test_mean", "r2_test_mean"]].to_string(index=False))
-    outputs = {k: str(v.relative_to(ctx.run_dir)) for k, v in files.items()}
-    write_manifest(ctx, STAGE, fp, config_part, upstream, outputs, started)
+    outputs = {k: Path(v).relative_to(ctx.run_dir).as_posix() for k, v in files.items()}
+    write_manifest(ctx, STAGE, the_plan, outputs, started, files=list(files.values()))
     return outputs

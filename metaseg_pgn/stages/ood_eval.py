@@ -33,13 +33,15 @@ from ..io import atomic_write, write_json
 from ..metrics.ood import MODES, SMIYC_MODES, VERSIONS, ComponentOoDMetrics, PixelOoDMetrics
 from ..metrics.submission import submission_folder, write_scores
 from ..store import read_record
-from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, require_manifest,
-                     stage_fingerprint, write_manifest)
+from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
+                     require_manifest, upstream_token, write_manifest)
 from .infer import dataset_configs, make_dataset
 from ..names import method_label
 from .pixel_eval import method_names
 
 STAGE = "ood_eval"
+CODE = ("metaseg_pgn.stages.ood_eval", "metaseg_pgn.metrics.ood", "metaseg_pgn.metrics.submission",
+        "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.names", "metaseg_pgn.stages.pixel_eval")
 
 
 def score_maps(record) -> dict[str, np.ndarray]:
@@ -56,21 +58,29 @@ def track_of(ds, ds_cfg: dict) -> str:
                      f"{ds_cfg['name']!r}; set its 'track' in the configuration")
 
 
+def plan(ctx: RunContext) -> Plan:
+    """Its settings, the OoD datasets (their tracks), the records, the code."""
+    infer = require_manifest(ctx, "infer", STAGE)
+    config = {"ood_eval": ctx.cfg["ood_eval"], "ood_datasets": ctx.cfg.get("ood_datasets", []),
+              "dataset": ctx.cfg["dataset"]}
+    return make_plan(config, {"infer": upstream_token(infer)}, CODE)
+
+
 def run(ctx: RunContext) -> dict:
     started = time.time()
-    infer = require_manifest(ctx, "infer", STAGE)
-    upstream = {"infer": infer["fingerprint"]}
-    ocfg = ctx.cfg["ood_eval"]
-    fp = stage_fingerprint(ocfg, upstream)
-    if is_up_to_date(ctx, STAGE, fp):
+    the_plan = plan(ctx)
+    if is_up_to_date(ctx, STAGE, the_plan):
         log.info("ood_eval: up to date")
         return {}
+    infer = require_manifest(ctx, "infer", STAGE)
+    ocfg = ctx.cfg["ood_eval"]
     bad = [m for m in ocfg["modes"] if m not in MODES]
     if bad or not ocfg["modes"]:
         raise StageError(f"ood_eval.modes={list(ocfg['modes'])!r}: choose among {list(MODES)}")
     results, rows, exported, unlabelled = {}, [], {}, {}
     main = evaluated_dataset(ctx.cfg)
     main_key = dataset_key(main) if main is not None else None
+    written: list = []  # every exported score file, recorded in the manifest
     for ds_cfg in dataset_configs(ctx.cfg):
         key = dataset_key(ds_cfg)
         out = infer["outputs"].get(key)
@@ -82,7 +92,7 @@ def run(ctx: RunContext) -> dict:
         track = track_of(ds, ds_cfg)
         paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
         folder_of = export_folders(ds, key, out["frames"], exported)
-        split = evaluate_split(paths, out["fingerprints"], track, ocfg, ctx, key, folder_of)
+        split = evaluate_split(paths, out["fingerprints"], track, ocfg, ctx, key, folder_of, written)
         if split["unlabelled_frames"]:
             unlabelled[key] = split["unlabelled_frames"]
         if split["frames"] == 0:
@@ -99,7 +109,8 @@ def run(ctx: RunContext) -> dict:
         why = "no OoD dataset with labels (0/1/255)" + (
             f"; {'; '.join(f'{k}: {t}' for k, t in skipped.items())}" if skipped else "")
         log.warning("ood_eval: skipped: %s", why)
-        write_manifest(ctx, STAGE, fp, ocfg, upstream, {"skipped": why, "unlabelled": skipped}, started)
+        write_manifest(ctx, STAGE, the_plan, {"skipped": why, "unlabelled": skipped}, started,
+                       files=written)
         return {}
     folder = ctx.stage_dir(STAGE)
     table = pd.DataFrame(rows)
@@ -109,7 +120,10 @@ def run(ctx: RunContext) -> dict:
     log.info("ood_eval:\n%s", table.to_string(index=False, max_rows=40))
     outputs = {"table": f"{STAGE}/ood_eval.csv", "json": f"{STAGE}/ood_eval.json",
                "datasets": sorted(results), "unlabelled": skipped}
-    write_manifest(ctx, STAGE, fp, ocfg, upstream, outputs, started)
+    # The exported maps of this configuration only: folders of methods or splits no longer
+    # configured, and frames no longer in a split, are removed with the manifest's pruning.
+    write_manifest(ctx, STAGE, the_plan, outputs, started,
+                   files=[folder / "ood_eval.csv", folder / "ood_eval.json", *written])
     return outputs
 
 
@@ -129,10 +143,11 @@ def export_folders(ds, key: str, frame_ids, exported: dict) -> dict[str, str]:
 
 
 def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: str,
-                   folder_of: dict[str, str] | None = None) -> dict:
+                   folder_of: dict[str, str] | None = None, written: list | None = None) -> dict:
     """Every mode for every score map of one split (three passes over the records).
 
-    ``folder_of`` maps frame ids to their submission folder (default: ``key``)."""
+    ``folder_of`` maps frame ids to their submission folder (default: ``key``); the paths of the
+    exported score files are appended to ``written``."""
     modes = list(ocfg["modes"])
     progress = ctx.progress
 
@@ -156,7 +171,9 @@ def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: 
             for record, maps in records("export"):
                 for m in methods:
                     folder = (folder_of or {}).get(record.frame_id, key)
-                    write_scores(export_root, m, folder, record.frame_id, maps[m] * scale[m])
+                    path = write_scores(export_root, m, folder, record.frame_id, maps[m] * scale[m])
+                    if written is not None:
+                        written.append(path)
         return {"track": track, "frames": 0, "unlabelled_frames": unlabelled, "score_scale": scale,
                 "methods": {}}
 
@@ -168,7 +185,9 @@ def evaluate_split(paths, expect, track: str, ocfg: dict, ctx: RunContext, key: 
             score = maps[m] * scale[m]
             if ocfg.get("export"):
                 folder = (folder_of or {}).get(record.frame_id, key)
-                write_scores(export_root, m, folder, record.frame_id, score)
+                path = write_scores(export_root, m, folder, record.frame_id, score)
+                if written is not None:
+                    written.append(path)
             if record.label is None:
                 continue  # scored (and exported), not evaluated
             for mode in modes:

@@ -33,10 +33,12 @@ from ..io import atomic_write, write_json
 from ..metrics.calibration import AuSE, ECE, brier_error, confidence_from_score
 from ..metrics.segmentation import ConfusionMatrix
 from ..store import read_record
-from .common import (RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, require_manifest,
-                     stage_fingerprint, write_manifest)
+from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
+                     require_manifest, upstream_token, write_manifest)
 
 STAGE = "pixel_eval"
+CODE = ("metaseg_pgn.stages.pixel_eval", "metaseg_pgn.metrics.calibration", "metaseg_pgn.store",
+        "metaseg_pgn.maps", "metaseg_pgn.plots", "metaseg_pgn.names")
 VOID = 255
 UNDEFINED_AUSE = ("AuSE undefined: every evaluated pixel has the same Brier error, so no ordering "
                   "of the pixels can be better than another")
@@ -56,22 +58,28 @@ def _frames(paths, expect, progress, desc):
         yield record, probs, record.pixel_maps(probs)
 
 
+def plan(ctx: RunContext) -> Plan:
+    """Its settings, the seed (pixel subsampling), the evaluated dataset, the records, the code."""
+    infer = require_manifest(ctx, "infer", STAGE)
+    config = {"pixel_eval": ctx.cfg["pixel_eval"], "seed": ctx.cfg["seed"], "dataset": ctx.cfg["dataset"]}
+    return make_plan(config, {"infer": upstream_token(infer)}, CODE)
+
+
 def run(ctx: RunContext) -> dict:
     started = time.time()
-    infer = require_manifest(ctx, "infer", STAGE)
-    upstream = {"infer": infer["fingerprint"]}
-    pcfg = ctx.cfg["pixel_eval"]
-    fp = stage_fingerprint(pcfg, upstream)
-    if is_up_to_date(ctx, STAGE, fp):
+    the_plan = plan(ctx)
+    if is_up_to_date(ctx, STAGE, the_plan):
         log.info("pixel_eval: up to date")
         return {}
+    infer = require_manifest(ctx, "infer", STAGE)
+    pcfg = ctx.cfg["pixel_eval"]
     main = evaluated_dataset(ctx.cfg)
     out = infer["outputs"].get(dataset_key(main)) if main is not None else None
     if out is None or out["label_kind"] != "semantic":
         why = ("the run has no evaluated dataset (dataset=none)" if main is None else
                f"the evaluated dataset {dataset_key(main)!r} has no semantic labels")
         log.warning("pixel_eval: skipped: %s", why)
-        write_manifest(ctx, STAGE, fp, pcfg, upstream, {"skipped": why}, started)
+        write_manifest(ctx, STAGE, the_plan, {"skipped": why}, started)
         return {}
     paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
     expect = out["fingerprints"]
@@ -129,7 +137,8 @@ def run(ctx: RunContext) -> dict:
     outputs = {"table": f"{STAGE}/pixel_eval.csv", "json": f"{STAGE}/pixel_eval.json",
                "segmentation": f"{STAGE}/segmentation.csv", "mIoU": confusion.miou(),
                "figures": [f"{STAGE}/reliability.png", f"{STAGE}/sparsification.png"]}
-    write_manifest(ctx, STAGE, fp, pcfg, upstream, outputs, started)
+    write_manifest(ctx, STAGE, the_plan, outputs, started,
+                   files=[outputs["table"], outputs["json"], outputs["segmentation"], *outputs["figures"]])
     return outputs
 
 

@@ -35,10 +35,12 @@ from ..data.palette import CLASS_NAMES, PALETTE, colorize
 from ..io import atomic_write
 from ..metrics.ood import SMIYC_MODES, VERSIONS
 from ..names import method_label
-from .common import (RunContext, dataset_key, evaluated_dataset, is_up_to_date, log, read_manifest, require_manifest,
-                     stage_fingerprint, write_manifest)
+from .common import (Plan, RunContext, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan, read_manifest,
+                     require_manifest, upstream_token, write_manifest)
 
 STAGE = "report"
+CODE = ("metaseg_pgn.stages.report", "metaseg_pgn.plots", "metaseg_pgn.names", "metaseg_pgn.data.palette",
+        "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.table")
 UPSTREAM = ("infer", "features", "meta", "pixel_eval", "ood_eval")
 DASH = "–"  # shown for every missing or undefined value
 
@@ -343,29 +345,39 @@ def run(ctx: RunContext) -> dict:
         The written files relative to the run folder (empty when up to date).
     """
     started = time.time()
-    require_manifest(ctx, "infer", STAGE)
-    manifests = {s: read_manifest(ctx, s) for s in UPSTREAM}
-    upstream = {s: m["fingerprint"] for s, m in manifests.items() if m is not None}
-    config_part = {"report": ctx.cfg.get("report", {}), "pipeline": ctx.cfg.get("pipeline")}
-    fp = stage_fingerprint(config_part, upstream)
-    if is_up_to_date(ctx, STAGE, fp):
+    the_plan, manifests = _plan(ctx)
+    if is_up_to_date(ctx, STAGE, the_plan):
         log.info("report: up to date")
         return {}
     folder = ctx.stage_dir(STAGE)
-    builder = _Builder(ctx, manifests, folder, fp, config_part)
+    builder = _Builder(ctx, manifests, folder, the_plan.fingerprint, the_plan.config)
     doc = builder.build()
     with atomic_write(folder / "report.md", "w") as f:
         f.write(doc.markdown())
     with atomic_write(folder / "report.html", "w") as f:
         f.write(doc.html())
-    for old in sorted(folder.glob("*.png")):  # figures of an earlier report that this one lacks
-        if old.name not in builder.written:
-            old.unlink()
     outputs = {"markdown": f"{STAGE}/report.md", "html": f"{STAGE}/report.html",
                "figures": [f"{STAGE}/{name}" for name in builder.written]}
-    write_manifest(ctx, STAGE, fp, config_part, upstream, outputs, started)
+    # Figures of an earlier report that this one lacks are removed with the manifest's pruning.
+    write_manifest(ctx, STAGE, the_plan, outputs, started,
+                   files=[outputs["markdown"], outputs["html"], *outputs["figures"]])
     log.info("report: %s (%d figures)", folder / "report.html", len(builder.written))
     return outputs
+
+
+def plan(ctx: RunContext) -> Plan:
+    """The report settings and every upstream stage that has run (each checked to be current)."""
+    return _plan(ctx)[0]
+
+
+def _plan(ctx: RunContext) -> tuple[Plan, dict]:
+    # A stage that has run must be current: a report of meta results made with another meta.protocol
+    # would be a report of another run. A stage that has not run is left out (and named as such).
+    manifests = {s: (require_manifest(ctx, s, STAGE) if s == "infer" or read_manifest(ctx, s) is not None
+                     else None) for s in UPSTREAM}
+    upstream = {s: upstream_token(m) for s, m in manifests.items() if m is not None}
+    config = {"report": ctx.cfg.get("report", {}), "pipeline": ctx.cfg.get("pipeline")}
+    return make_plan(config, upstream, CODE), manifests
 
 
 def _missing(stage: str, manifests: dict) -> str | None:

@@ -3,7 +3,7 @@
 The table is a Parquet dataset partitioned by dataset and split
 (``features/dataset=<name>/split=<split>/part-0.parquet``, Hive layout), so pandas, Dask, DuckDB and
 Spark read it directly. Each file carries the column documentation in its key-value metadata
-(``metaseg_pgn.columns``) and the fingerprint of the configuration that made it. Every data page
+(``metaseg_pgn.columns``) and a fingerprint of the infer records it was made from. Every data page
 is written with its CRC checksum, and :func:`read_features` verifies them, so a damaged file is an
 error, never wrong values.
 """

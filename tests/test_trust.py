@@ -34,7 +34,7 @@ def cli(run_dir: Path, *extra: str, env: dict | None = None, pythonpath: Path = 
     """``python -m metaseg_pgn.run`` on the tiny configuration in ``run_dir`` (one CPU thread)."""
     args = (tiny_overrides(run_dir) if base is None else base) + list(extra)
     full_env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "metaseg_pgn.run", *args], cwd=REPO, env=full_env,
+    return subprocess.run([sys.executable, "-m", "metaseg_pgn.run", *args], cwd=pythonpath, env=full_env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -205,9 +205,11 @@ def test_a_code_change_recomputes_its_stage_and_what_follows(base_run, copy, tmp
     err = ok(cli(copy, pythonpath=code))
     assert "infer: up to date" in err
     assert "features: code (metaseg_pgn.segments) changed" in err
-    # the same bytes come out, so the stages after features stay up to date
-    assert "meta: up to date" in err
-    assert snapshot(copy) == base_run[1]
+    # the same table comes out, so the stages after features stay up to date
+    assert "meta: up to date" in err and "report: up to date" in err
+    # all equal but the per-frame caches and the features manifest, which carry the code's fingerprint
+    changed = {k for k, v in snapshot(copy).items() ^ base_run[1].items()}
+    assert changed and all(k.startswith("features/_frames/") or k == "features/manifest.json" for k in changed)
 
 
 def test_report_refuses_meta_results_of_another_configuration(base_run, copy):

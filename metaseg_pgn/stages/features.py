@@ -164,7 +164,10 @@ def run(ctx: RunContext) -> dict:
             remove_dead_temps(ctx.stage_dir(STAGE) / "_frames" / key)
             target = ctx.stage_dir(STAGE) / "data" / f"dataset={name}" / f"split={split}" / "part-0.parquet"
             remove_dead_temps(target.parent)
-            rows = _concatenate(files, target, {"stage_fingerprint": the_plan.fingerprint, "dataset": name, "split": split})
+            # The file names the records it was made from (their content), not this stage's code:
+            # a code change that changes no value leaves the table byte-identical.
+            rows = _concatenate(files, target, {"records": the_plan.upstream["infer"], "entropy": entropy,
+                                                "dataset": name, "split": split})
             outputs[key] = {"path": target.relative_to(ctx.run_dir).as_posix(), "rows": rows}
             targets.append(target)
             frame_files.extend(files)

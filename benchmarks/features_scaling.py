@@ -85,7 +85,8 @@ def prepare(run_dir: Path, frames: int, height: int, width: int) -> None:
     """Records of frames 0..frames-1 (those already there are kept) and the infer manifest."""
     from metaseg_pgn import config as config_mod
     from metaseg_pgn.io import fingerprint
-    from metaseg_pgn.stages.common import RunContext, dataset_key, stage_fingerprint, write_manifest
+    from metaseg_pgn.stages import infer
+    from metaseg_pgn.stages.common import RunContext, dataset_key, write_manifest
     from metaseg_pgn.store import RecordError, read_meta, write_record
 
     cfg = config_mod.compose(overrides(run_dir, frames, height, width))
@@ -105,10 +106,11 @@ def prepare(run_dir: Path, frames: int, height: int, width: int) -> None:
             pass
         write_record(path, make_record(frame_id, i, height, width, fingerprints))
         print(f"records: {frame_id} written ({time.time() - started:.0f} s)", flush=True)
-    fp = stage_fingerprint({**params, "frames": frames}, {})
     outputs = {key: {"frames": frame_ids, "label_kind": "semantic", "num_classes": N_CLASSES,
-                     "fingerprints": fingerprints, "records": str(records.relative_to(run_dir))}}
-    write_manifest(ctx, "infer", fp, params, {}, outputs, started)
+                     "fingerprints": fingerprints, "records": records.relative_to(run_dir).as_posix()}}
+    # Recorded under the plan infer would run with, so features accepts these synthetic records.
+    write_manifest(ctx, "infer", infer.plan(ctx), outputs, started,
+                   files=[records / f"{f}.npz" for f in frame_ids])
 
 
 # --- one measurement (in a fresh process) ----------------------------------------------------------

@@ -274,7 +274,7 @@ class BaselinesConfig:
 class InferConfig:
     """``infer``: the network's forward pass, PGN maps and baselines into per-frame records."""
 
-    batch_size: int = 4  # frames per forward pass
+    batch_size: int = 4  # frames per unit of work under torchrun; each frame goes through the network alone (no byte depends on it)
 
 
 @dataclass
@@ -367,7 +367,7 @@ class RunConfig:
     seed: int = 0  # seeds MC dropout sampling and anything else random
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     progress: bool = True  # progress bars
-    force: List[str] = field(default_factory=list)  # stages to recompute even when up to date
+    force: List[str] = field(default_factory=list)  # stages to recompute even when up to date (docs/reuse.md)
     dataset: Any = None
     ood_datasets: List[Any] = field(default_factory=list)
     model: Any = None

@@ -42,7 +42,7 @@ from conftest import REPO, tiny_overrides
 from metaseg_pgn import config as config_mod
 from metaseg_pgn.data.registry import get_dataset
 from metaseg_pgn.run import main, run_pipeline
-from metaseg_pgn.stages.common import StageError
+from metaseg_pgn.stages.common import StageError, upstream_token
 from metaseg_pgn.table import read_features
 
 VAL = "synthetic-val"
@@ -147,7 +147,7 @@ def test_interrupted_infer_and_features_resume_to_the_uninterrupted_result(refer
     run = tmp_path / "run"
     cfg = compose(run, "infer.batch_size=2", n=5, n_ood=1)
 
-    # infer: Ctrl-C while the 4th frame is read (frames 0, 1 done, frame 2 loaded in the 2nd batch)
+    # infer: Ctrl-C while the 4th frame is read (frames 0, 1, 2 done: each goes through the network alone)
     streets = type(get_dataset("synthetic", split="val", n=1, size=SIZE))
     real_load, calls = streets.load, []
 
@@ -161,7 +161,7 @@ def test_interrupted_infer_and_features_resume_to_the_uninterrupted_result(refer
     with pytest.raises(KeyboardInterrupt):
         run_pipeline({**cfg, "stage": "infer"})
     monkeypatch.setattr(streets, "load", real_load)
-    assert sorted(p.name for p in records(run).iterdir()) == ["val_000000.npz", "val_000001.npz"]
+    assert sorted(p.name for p in records(run).iterdir()) == ["val_000000.npz", "val_000001.npz", "val_000002.npz"]
     assert not (run / "infer" / "manifest.json").exists()
     assert temp_files(run) == []
     with pytest.raises(StageError, match="run stage=infer first"):  # the next stage does not trust it
@@ -257,8 +257,8 @@ def test_stages_rerun_exactly_when_their_inputs_change(tmp_path, caplog):
         assert new["meta"] == ref["meta"]
     fps_c = {s: manifest(run, s)["fingerprint"] for s in ("infer", "features", "meta")}
     assert all(fps_c[s] != fps0[s] for s in fps_c)
-    assert manifest(run, "features")["upstream"] == {"infer": fps_c["infer"]}
-    assert manifest(run, "meta")["upstream"] == {"features": fps_c["features"]}
+    assert manifest(run, "features")["upstream"] == {"infer": upstream_token(manifest(run, "infer"))}
+    assert manifest(run, "meta")["upstream"] == {"features": upstream_token(manifest(run, "features"))}
     columns = pq.read_schema(table_path(run)).names
     assert "pgn_last_uni_p2_mean" in columns and "pgn_last_uni_p0_1_mean" not in columns
 
@@ -519,7 +519,7 @@ def test_features_refuse_a_record_of_another_configuration(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:")
-    assert "val_000001.npz" in err and "another configuration" in err
+    assert "val_000001.npz" in err and "changed since infer wrote them" in err
     now = snapshot(run)
     assert {k: now[k] for k in kept} == before  # the table and manifest of the last good run stay
     assert temp_files(run) == []
@@ -534,6 +534,14 @@ def test_meta_refuses_a_table_without_targets(tmp_path):
         i = table.schema.get_field_index(col)
         table = table.set_column(i, table.schema.field(i), pa.nulls(len(table), table.schema.field(i).type))
     pq.write_table(table, path)
+    # recorded as features' own output (an edited table is otherwise refused as changed)
+    from metaseg_pgn.stages import features
+    from metaseg_pgn.stages.common import RunContext, read_manifest, write_manifest
+
+    ctx = RunContext(compose(run, n=3))
+    frames = sorted((run / "features" / "_frames").rglob("*.parquet"))
+    write_manifest(ctx, "features", features.plan(ctx), read_manifest(ctx, "features")["outputs"], 0.0,
+                   files=[path], keep=frames)
     before = under(snapshot(run), "meta/")
 
     with pytest.raises(StageError, match="no ground truth targets") as err:

@@ -159,7 +159,7 @@ def test_a_swapped_checkpoint_recomputes_the_records(tmp_path):
     first = (tmp_path / "a" / RECORD).read_bytes()
     ckpt.write_bytes(weights(2))  # same path, other network
     err = ok(cli(tmp_path / "a", *args))
-    assert "model_files" in err and "infer: up to date" not in err
+    assert "'model_files'" in err and "infer: up to date" not in err
     ok(cli(tmp_path / "b", *args))  # a fresh run with the new checkpoint
     assert (tmp_path / "a" / RECORD).read_bytes() == (tmp_path / "b" / RECORD).read_bytes() != first
 
@@ -189,7 +189,7 @@ def test_an_input_overwritten_in_place_recomputes_its_frame_alone(tmp_path):
     other = (records / "aachen_000000_000019.npz").read_bytes()
     Image.fromarray(np.full((64, 128), 8, np.uint8)).save(labels[1])  # same size, new content
     err = ok(cli(run, *args, base=base))
-    assert "inputs" in err and "infer: up to date" not in err
+    assert "'inputs'" in err and "infer: up to date" not in err
     with np.load(records / "aachen_000001_000019.npz") as z:
         assert (z["label"] == 8).all()
     assert (records / "aachen_000000_000019.npz").read_bytes() == other  # not rewritten
@@ -204,7 +204,7 @@ def test_a_code_change_recomputes_its_stage_and_what_follows(base_run, copy, tmp
         f.write("\n# an edit that changes no result\n")
     err = ok(cli(copy, pythonpath=code))
     assert "infer: up to date" in err
-    assert "features: code (metaseg_pgn.segments) changed" in err
+    assert "features: code ('metaseg_pgn.segments') changed" in err
     # the same table comes out, so the stages after features stay up to date
     assert "meta: up to date" in err and "report: up to date" in err
     # all equal but the per-frame caches and the features manifest, which carry the code's fingerprint
@@ -225,7 +225,7 @@ def test_batch_size_does_not_change_records_and_threads_are_fingerprinted(base_r
     assert snapshot(copy) == base_run[1]  # every record recomputed one batch at a time: same bytes
     assert "infer: up to date" in ok(cli(copy, "stage=infer", "infer.batch_size=3"))
     err = ok(cli(copy, "stage=infer", env={"OMP_NUM_THREADS": "2"}))
-    assert "runtime" in err and "infer: up to date" not in err
+    assert "'runtime'" in err and "infer: up to date" not in err
 
 
 # --- one run per folder, clean-up ---------------------------------------------------------------

@@ -246,8 +246,8 @@ def require_manifest(ctx: RunContext, stage: str, needed_by: str) -> dict:
     if problems:
         raise StageError(
             f"stage {needed_by!r} needs the outputs of {stage!r}, but {len(problems)} of them are "
-            f"missing or damaged ({_first(problems)}): run stage={stage} first (or stage=all), which "
-            f"recomputes them")
+            f"missing, damaged or changed since {stage} wrote them ({_first(problems)}): run "
+            f"stage={stage} first (or stage=all), which recomputes them")
     return manifest
 
 
@@ -257,15 +257,15 @@ def _what_changed(manifest: dict, plan: Plan) -> str:
     keys = sorted(set(old_cfg) | set(plan.config))
     differ = [k for k in keys if fingerprint(old_cfg.get(k)) != fingerprint(plan.config.get(k))]
     if differ:
-        parts.append("configuration or input files (" + ", ".join(differ) + ")")
+        parts.append("configuration or input files (" + ", ".join(map(repr, differ)) + ")")
     old_code = manifest.get("code") or {}
     code = [k for k in sorted(set(old_code) | set(plan.code)) if old_code.get(k) != plan.code.get(k)]
     if code:
-        parts.append("code (" + ", ".join(code) + ")")
+        parts.append("code (" + ", ".join(map(repr, code)) + ")")
     old_up = manifest.get("upstream") or {}
     up = [k for k in sorted(set(old_up) | set(plan.upstream)) if old_up.get(k) != plan.upstream.get(k)]
     if up:
-        parts.append("upstream outputs (" + ", ".join(up) + ")")
+        parts.append("upstream outputs (" + ", ".join(map(repr, up)) + ")")
     return " and ".join(parts) or "format"
 
 

@@ -44,10 +44,11 @@ def ok(proc: subprocess.CompletedProcess) -> str:
 
 
 def snapshot(run: Path) -> dict[str, bytes]:
-    """Every file's bytes; of each manifest its fingerprint and recorded files (not its timings)."""
+    """Every file's bytes; of each manifest its fingerprint and recorded files (not its timings).
+    Hydra's record of the command line (``.hydra/``) names the run folder and is left out."""
     out = {}
     for p in sorted(run.rglob("*")):
-        if not p.is_file() or p.name == "run.lock":
+        if not p.is_file() or p.name == "run.lock" or ".hydra" in p.relative_to(run).parts:
             continue
         rel = p.relative_to(run).as_posix()
         if p.name == "manifest.json":
@@ -154,7 +155,7 @@ def test_a_swapped_checkpoint_recomputes_the_records(tmp_path):
 
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(weights(1))
-    args = ["ood_datasets=[]", "stage=infer", f"model.checkpoint={ckpt}"]
+    args = ["ood_datasets=[]", "stage=infer", "model.init=checkpoint", f"model.checkpoint={ckpt}"]
     ok(cli(tmp_path / "a", *args))
     first = (tmp_path / "a" / RECORD).read_bytes()
     ckpt.write_bytes(weights(2))  # same path, other network
@@ -284,7 +285,8 @@ def test_a_split_name_leaving_the_run_folder_is_refused(tmp_path):
     proc = cli(run, "dataset.split=x/../../../escape", "stage=[infer,features]")
     assert proc.returncode == 2
     assert "x/../../../escape" in proc.stderr and "plain name" in proc.stderr
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and run not in p.parents]
+    assert outside == [] and not list(run.rglob("*.npz")) and not list(run.rglob("*.parquet"))
 
 
 def test_a_model_with_another_number_of_classes_is_refused_at_infer(tmp_path):

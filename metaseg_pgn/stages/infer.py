@@ -76,23 +76,47 @@ CODE = ("metaseg_pgn.stages.infer", "metaseg_pgn.wrapper", "metaseg_pgn.pgn", "m
 
 
 def model_files(cfg: dict) -> dict[str, str]:
-    """Content hashes of what makes the network: the checkpoint (or the shipped weights of the
-    configured member) and the source of a user factory ``module:callable``."""
+    """Content hashes of what makes the network: the shipped weights of the configured member, or
+    for ``model=custom`` the source of the target's module and the weights it is given (the
+    checkpoint for ``init=checkpoint``; for ``init=target`` every local file or folder named by a
+    keyword argument, e.g. a ``from_pretrained`` folder)."""
     mcfg = cfg["model"]
-    if mcfg["name"] != "checkpoint":
+    if mcfg["name"] != "custom":
         from ..models.pretrained import weights_path
 
         return {"weights": _hash_model_file(weights_path(mcfg["name"], mcfg.get("seed", 0)), "model weights")}
-    out = {}
-    if mcfg.get("checkpoint"):
-        out["checkpoint"] = _hash_model_file(Path(mcfg["checkpoint"]), "model.checkpoint")
-    factory = str(mcfg.get("factory", "compact"))
-    if ":" in factory:
-        try:
-            out["factory"] = code_fingerprint([factory.split(":", 1)[0]])
-        except (ImportError, ValueError) as e:
-            raise StageError(f"model.factory={factory!r} cannot be imported: {e}") from None
+    from ..config import CustomModel
+
+    out = {"target": _target_source(str(mcfg["_target_"]))}
+    init = str(mcfg.get("init", "checkpoint"))
+    if init == "checkpoint" and mcfg.get("checkpoint"):
+        out["checkpoint"] = _hash_model_file(Path(mcfg["checkpoint"]).expanduser(), "model.checkpoint")
+    elif init == "target":
+        settings = set(CustomModel.__dataclass_fields__)
+        for key, value in sorted(mcfg.items()):
+            if key not in settings and isinstance(value, str) and value and Path(value).expanduser().exists():
+                out[f"arg:{key}"] = _hash_path(Path(value).expanduser())
     return out
+
+
+def _target_source(target: str) -> str:
+    """Source hash of the module that defines ``module.callable`` (its longest importable prefix)."""
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:i])
+        try:
+            return code_fingerprint([module])[module]
+        except (ImportError, ValueError):
+            continue
+    return target  # not importable: the stage fails when it builds the model, naming the target
+
+
+def _hash_path(path: Path) -> str:
+    """A file's SHA-256, or one hash over every file of a folder (relative names and contents)."""
+    if path.is_file():
+        return hash_once(path)
+    return fingerprint({p.relative_to(path).as_posix(): hash_once(p)
+                        for p in sorted(path.rglob("*")) if p.is_file()})
 
 
 def member_files(cfg: dict) -> dict[str, str]:
@@ -356,7 +380,7 @@ def _infer_frame(frame, ds, wrapper, loaded, members, cfg, expect, stale, path, 
         raise StageError(
             f"infer: the model outputs {out.feature_logits.shape[1]} classes but the dataset "
             f"{cfg['dataset']['name']!r} has {classes} (frame {frame.frame_id!r} of {ds!r}): use a model "
-            f"for these labels (model.num_classes={classes} for model=checkpoint)")
+            f"for these labels (e.g. model.num_classes={classes} for model=custom)")
     # a model may return logits smaller than the image (SegFormer: 1/4): predict at the image size
     logits = image_logits(out.logits, x.shape[-2:], wrapper.align_corners)
     pred = out.pred if logits is out.logits else argmax_channels(logits)

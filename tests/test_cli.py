@@ -126,13 +126,14 @@ def test_a_checkpoint_that_does_not_fit_names_the_file_and_keys(tmp_path):
 
 
 def test_a_run_saves_its_composed_config_and_overrides_in_the_run_folder(tmp_path):
+    """With run_dir relative to the working directory, as the default data/runs/<pipeline> is."""
     run_dir = tmp_path / "run"
-    proc = cli(*one_frame_run(run_dir), "stage=infer", cwd=tmp_path)
+    proc = cli(*one_frame_run(Path("run")), "stage=[infer,features]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert saved["dataset"]["n"] == 1 and saved["model"]["init"] == "random"
     assert "dataset.n=1" in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
-    assert (run_dir / "infer" / "manifest.json").exists()
+    assert (run_dir / "infer" / "manifest.json").exists() and (run_dir / "features" / "manifest.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the working directory is unchanged
 
 

@@ -53,7 +53,9 @@ class RunContext:
     cache: dict = field(default_factory=dict, repr=False)  # per-process helpers (input hashes)
 
     def __post_init__(self) -> None:
-        self.run_dir = Path(self.cfg["run_dir"])
+        # Absolute, so that paths built from it and paths relative to it never mix (run_dir is
+        # relative to the working directory by default).
+        self.run_dir = Path(self.cfg["run_dir"]).absolute()
 
     def stage_dir(self, stage: str) -> Path:
         return self.run_dir / stage

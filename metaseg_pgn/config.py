@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional
 CONFIG_MODULE = "metaseg_pgn.conf"
 CONFIG_NAME = "config"
 
-STAGES = ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "report")
-ALL_STAGES = ("infer", "features", "meta", "pixel_eval", "ood_eval", "report")
+STAGES = ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta", "report")
+ALL_STAGES = ("infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta", "report")
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -71,6 +71,12 @@ class Protocol(str, enum.Enum):
 class Standardize(str, enum.Enum):
     train = "train"
     all = "all"
+
+
+class MetaModel(str, enum.Enum):
+    linear = "linear"  # logistic regression / linear regression (MetaSeg's)
+    gbt = "gbt"  # scikit-learn's histogram gradient boosting
+    mlp = "mlp"  # a small MLP (hidden layers 64, 32)
 
 
 class Executor(str, enum.Enum):
@@ -298,6 +304,7 @@ class MetaConfig:
     standardize: Standardize = Standardize.train  # train: fitted on the training part; all: the anchors' leak
     feature_sets: Any = "auto"  # auto, or a list of set names
     custom_feature_sets: Dict[str, List[str]] = field(default_factory=dict)  # name -> regexes
+    models: List[MetaModel] = field(default_factory=lambda: [MetaModel.linear])  # meta models, each on the same splits
 
 
 @dataclass
@@ -314,6 +321,21 @@ class OoDEvalConfig:
 
     modes: List[str] = field(default_factory=lambda: ["smiyc", "exact"])  # the benchmark's binned metrics, unbinned
     export: bool = False  # write the scores in the SMIYC submission layout (on in pipeline=smiyc; ~200 MB for the default world)
+
+
+@dataclass
+class OoDMetaConfig:
+    """``ood_meta``: OoD post-processing (Meta-OoD): meta-classify the thresholded components, remove the rejected ones."""
+
+    scores: List[str] = field(default_factory=lambda: ["V", "E", "pgn_last_uni_p0_5"])  # score maps post-processed (names as in ood_eval)
+    feature_sets: List[str] = field(default_factory=lambda: ["softmax", "pgn", "softmax+pgn"])  # candidate features: softmax (Meta-OoD's), pgn, both; or meta's built-in sets
+    models: List[MetaModel] = field(default_factory=lambda: [MetaModel.linear])  # meta classifiers of the candidates
+    threshold: Any = "best_f1"  # best_f1: the pixel best-F1 threshold of the fitting frames; or a number in (0, 1) on the score / its maximum
+    mode: str = "smiyc"  # smiyc | smiyc2021 | exact: score rounding and the best-F1 threshold's pixel curve
+    n_runs: int = 5  # seeded runs; run r splits the frames by frame with seed + r
+    test_size: float = 0.5  # fraction of a dataset's frames post-processed and evaluated
+    fp_below: float = 0.5  # target: a candidate whose benchmark PPV is below this is a false positive
+    reject_above: float = 0.5  # remove a candidate whose predicted false-positive probability exceeds this
 
 
 @dataclass
@@ -378,6 +400,7 @@ class RunConfig:
     meta: MetaConfig = field(default_factory=MetaConfig)
     pixel_eval: PixelEvalConfig = field(default_factory=PixelEvalConfig)
     ood_eval: OoDEvalConfig = field(default_factory=OoDEvalConfig)
+    ood_meta: OoDMetaConfig = field(default_factory=OoDMetaConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -385,7 +408,7 @@ class RunConfig:
 SECTIONS: dict[str, type] = {
     "pgn": PGNConfig, "baselines": BaselinesConfig, "infer": InferConfig, "features": FeaturesConfig,
     "meta": MetaConfig, "pixel_eval": PixelEvalConfig, "ood_eval": OoDEvalConfig,
-    "report": ReportConfig, "train": TrainConfig,
+    "ood_meta": OoDMetaConfig, "report": ReportConfig, "train": TrainConfig,
 }
 
 
@@ -584,6 +607,29 @@ def validate(cfg: dict) -> None:
     for p in cfg["pgn"]["ps"]:
         if not p > 0:
             raise ConfigError(f"pgn.ps={cfg['pgn']['ps']}: every p must be > 0")
+    if not cfg["meta"]["models"]:
+        raise ConfigError("meta.models=[]: give at least one of linear, gbt, mlp")
+    check_ood_meta(cfg["ood_meta"])
+
+
+def check_ood_meta(o: dict) -> None:
+    """Values of ``ood_meta`` the schema's types do not restrict."""
+    from .metrics.ood import MODES
+
+    if o["mode"] not in MODES:
+        raise ConfigError(f"ood_meta.mode={o['mode']!r}: choose one of {', '.join(MODES)}")
+    thr = o["threshold"]
+    if thr != "best_f1" and not (isinstance(thr, (int, float)) and not isinstance(thr, bool) and 0 < thr < 1):
+        raise ConfigError(f"ood_meta.threshold={thr!r}: give best_f1 or a number in (0, 1) "
+                          "(scores are divided by their maximum over the dataset)")
+    for key in ("scores", "feature_sets", "models"):
+        if not o[key]:
+            raise ConfigError(f"ood_meta.{key}=[]: give a non-empty list")
+    if o["n_runs"] < 1:
+        raise ConfigError(f"ood_meta.n_runs={o['n_runs']}: give an integer >= 1")
+    for key in ("test_size", "fp_below", "reject_above"):
+        if not 0 < o[key] < 1:
+            raise ConfigError(f"ood_meta.{key}={o[key]}: give a number in (0, 1)")
 
 
 def check_keys(node: dict, schema: type, where: str) -> None:

@@ -1,14 +1,18 @@
 """Meta classification and meta regression of segments (MetaSeg-style).
 
 A segment feature table (one row per segment, schema in ``docs/architecture.md``) is split into
-training and test parts; per feature set, two linear models are fitted on the training part:
+training and test parts; per feature set and meta model, two models are fitted on the training part:
 
-- meta classification of ``iou0`` (positive = IoU 0, a false-positive segment) with
-  ``Pipeline([StandardScaler(), LogisticRegression()])``, scored by AuROC and accuracy
-  (threshold 0.5 on the predicted probability of IoU = 0);
-- meta regression of ``iou`` (MetaSeg's adjusted IoU) with
-  ``Pipeline([StandardScaler(), LinearRegression()])``, predictions clipped to [0, 1], scored by
+- meta classification of ``iou0`` (positive = IoU 0, a false-positive segment), scored by AuROC
+  and accuracy (threshold 0.5 on the predicted probability of IoU = 0);
+- meta regression of ``iou`` (MetaSeg's adjusted IoU), predictions clipped to [0, 1], scored by
   R² and σ (root mean squared error), both on the clipped predictions.
+
+Meta models (:data:`MODELS`, :func:`make_classifier`, :func:`make_regressor`): ``"linear"`` (the
+default, MetaSeg's: ``Pipeline([StandardScaler(), LogisticRegression()])`` and
+``Pipeline([StandardScaler(), LinearRegression()])``), ``"gbt"`` (scikit-learn's histogram
+gradient boosting, as the time-dynamic MetaSeg follow-up; no scaler, it bins each feature) and
+``"mlp"`` (a small fully connected network after a ``StandardScaler``).
 
 Split protocols (:data:`PROTOCOLS`):
 
@@ -45,11 +49,14 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import accuracy_score, mean_squared_error, r2_score, roc_auc_score
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from metaseg_pgn.io import atomic_write, write_json
 
@@ -58,6 +65,10 @@ __all__ = [
     "Protocol",
     "PROTOCOLS",
     "DEFAULT_CLASSIFIER_PARAMS",
+    "MODELS",
+    "GBT_PARAMS",
+    "MLP_PARAMS",
+    "check_models",
     "NON_FEATURE_COLUMNS",
     "STAT_SUFFIXES",
     "SIZE_COLUMNS",
@@ -70,6 +81,7 @@ __all__ = [
     "split_indices",
     "make_classifier",
     "make_regressor",
+    "fit_quietly",
     "evaluate",
     "summarise",
     "write_results",
@@ -493,27 +505,123 @@ DEFAULT_CLASSIFIER_PARAMS: Mapping[str, object] = types.MappingProxyType(
 )
 
 
-def make_classifier(**params) -> Pipeline:
-    """The meta classifier: ``Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())])``.
+#: The meta models by name: linear (the default), histogram gradient boosting, a small MLP.
+MODELS: tuple[str, ...] = ("linear", "gbt", "mlp")
+
+#: Settings of the gradient boosting models (classifier and regressor): scikit-learn's defaults
+#: with early stopping off, so that every fit uses all training rows and the same iterations.
+GBT_PARAMS: Mapping[str, object] = types.MappingProxyType(
+    {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 20,
+     "early_stopping": False}
+)
+#: Settings of the MLPs (classifier and regressor): two hidden ReLU layers of 64 and 32 units,
+#: Adam, light L2 penalty; training stops when the training loss improves by less than ``tol``
+#: for 10 epochs, after at most ``max_iter`` epochs (scikit-learn's default; no validation split,
+#: which the few candidates of a small OoD dataset could not spare).
+MLP_PARAMS: Mapping[str, object] = types.MappingProxyType(
+    {"hidden_layer_sizes": (64, 32), "alpha": 1e-3, "learning_rate_init": 1e-3, "max_iter": 200,
+     "tol": 1e-4, "early_stopping": False}
+)
+
+
+def check_models(models: Sequence[str] | str, what: str = "models") -> list[str]:
+    """Validate a list of meta model names.
 
     Parameters
     ----------
+    models : str or sequence of str
+        Names from :data:`MODELS`.
+    what : str
+        How the caller calls the setting (e.g. ``"meta.models"``), named in the error.
+
+    Returns
+    -------
+    list of str
+        The names, duplicates removed, in their order.
+
+    Raises
+    ------
+    ValueError
+        An empty list or an unknown name.
+    """
+    names = [models] if isinstance(models, str) else list(models)
+    if not names:
+        raise ValueError(f"{what} is empty; choose from {list(MODELS)}")
+    bad = [m for m in names if m not in MODELS]
+    if bad:
+        raise ValueError(f"{what}: unknown meta model(s) {bad}; choose from {list(MODELS)}")
+    return list(dict.fromkeys(names))
+
+
+def make_classifier(model: str = "linear", *, random_state: int = 0, **params) -> Pipeline:
+    """The meta classifier: a two-step pipeline ``("scale", ...), ("model", ...)``.
+
+    Parameters
+    ----------
+    model : {"linear", "gbt", "mlp"}, default "linear"
+        ``"linear"``: ``StandardScaler`` + :class:`~sklearn.linear_model.LogisticRegression`;
+        ``"gbt"``: ``"passthrough"`` + :class:`~sklearn.ensemble.HistGradientBoostingClassifier`
+        with :data:`GBT_PARAMS`; ``"mlp"``: ``StandardScaler`` +
+        :class:`~sklearn.neural_network.MLPClassifier` with :data:`MLP_PARAMS`.
+    random_state : int, default 0
+        Seed of the gbt/mlp models (the logistic regression's lbfgs solver is deterministic).
     **params
-        Keyword arguments of :class:`~sklearn.linear_model.LogisticRegression` overriding
-        :data:`DEFAULT_CLASSIFIER_PARAMS` (``C=1.0, solver="lbfgs", max_iter=1000, tol=1e-4``).
-        ``C=numpy.inf`` gives an unpenalised fit.
+        Keyword arguments of the model overriding its defaults; for ``"linear"`` those of
+        :data:`DEFAULT_CLASSIFIER_PARAMS` (``C=1.0, solver="lbfgs", max_iter=1000, tol=1e-4``;
+        ``C=numpy.inf`` gives an unpenalised fit).
     """
-    kw = dict(DEFAULT_CLASSIFIER_PARAMS)
-    kw.update(params)
-    return Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(**kw))])
+    check_models([model], "model")
+    if model == "linear":
+        kw = dict(DEFAULT_CLASSIFIER_PARAMS)
+        kw.update(params)
+        return Pipeline([("scale", StandardScaler()), ("model", LogisticRegression(**kw))])
+    if model == "gbt":
+        kw = {**GBT_PARAMS, "random_state": random_state, **params}
+        return Pipeline([("scale", "passthrough"), ("model", HistGradientBoostingClassifier(**kw))])
+    kw = {**MLP_PARAMS, "random_state": random_state, **params}
+    return Pipeline([("scale", StandardScaler()), ("model", MLPClassifier(**kw))])
 
 
-def make_regressor() -> Pipeline:
-    """The meta regressor: ``Pipeline([("scale", StandardScaler()), ("model", LinearRegression())])``.
+def make_regressor(model: str = "linear", *, random_state: int = 0) -> Pipeline:
+    """The meta regressor: ``("scale", ...), ("model", ...)`` as :func:`make_classifier`.
 
-    Predictions are to be clipped to [0, 1] (as :func:`evaluate` does).
+    ``"linear"``: ``StandardScaler`` + :class:`~sklearn.linear_model.LinearRegression`;
+    ``"gbt"``: :class:`~sklearn.ensemble.HistGradientBoostingRegressor` (:data:`GBT_PARAMS`);
+    ``"mlp"``: ``StandardScaler`` + :class:`~sklearn.neural_network.MLPRegressor`
+    (:data:`MLP_PARAMS`). Predictions are to be clipped to [0, 1] (as :func:`evaluate` does).
     """
-    return Pipeline([("scale", StandardScaler()), ("model", LinearRegression())])
+    check_models([model], "model")
+    if model == "linear":
+        return Pipeline([("scale", StandardScaler()), ("model", LinearRegression())])
+    if model == "gbt":
+        reg = HistGradientBoostingRegressor(**{**GBT_PARAMS, "random_state": random_state})
+        return Pipeline([("scale", "passthrough"), ("model", reg)])
+    reg = MLPRegressor(**{**MLP_PARAMS, "random_state": random_state})
+    return Pipeline([("scale", StandardScaler()), ("model", reg)])
+
+
+def fit_quietly(pipeline: Pipeline, X: np.ndarray, y: np.ndarray) -> str:
+    """Fit ``pipeline`` and return a note when an MLP stopped at its epoch limit ("" otherwise).
+
+    scikit-learn warns (``ConvergenceWarning``) when Adam reaches ``max_iter`` before the loss
+    settles; the warning would repeat for every run, so it becomes a note of the result instead.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        pipeline.fit(X, y)
+    converged = True
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            converged = False
+        else:  # every other warning goes on as it came
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if not converged:
+        return f"{type(pipeline.named_steps['model']).__name__} stopped at max_iter before converging"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,8 +694,9 @@ def evaluate(
     classifier_params: Mapping[str, object] | None = None,
     source: str | None = None,
     return_predictions: bool = False,
+    models: Sequence[str] | str = ("linear",),
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
-    """Meta classification (IoU = 0) and meta regression (IoU) per feature set and run.
+    """Meta classification (IoU = 0) and meta regression (IoU) per feature set, meta model and run.
 
     Parameters
     ----------
@@ -606,25 +715,30 @@ def evaluate(
         ``"train"``: the pipeline's scaler is fitted on the training part only. ``"all"``: it is
         fitted once on every segment of the (filtered) table before the split, the anchors' leak.
     classifier_params : mapping, optional
-        Overrides of :data:`DEFAULT_CLASSIFIER_PARAMS` for the logistic regression.
+        Overrides of :data:`DEFAULT_CLASSIFIER_PARAMS` for the logistic regression (the
+        ``"linear"`` model only).
     source : str, optional
         Name of the table's origin (e.g. its Parquet path), used in error messages.
     return_predictions : bool, default False
         Also return the test-part predictions of run 0.
+    models : str or sequence of str, default ("linear",)
+        Meta models from :data:`MODELS` (see :func:`make_classifier`); every run fits each of
+        them on the same split.
 
     Returns
     -------
     results : DataFrame
-        One row per feature set × run × part, columns ``protocol, standardize, min_inner, seed,
-        feature_set, run, part ("train"|"test"), n_segments, n_frames, n_features, iou0_rate,
-        auroc, accuracy, r2, sigma, note``. Classification metrics are NaN (with the reason in
+        One row per feature set × model × run × part, columns ``protocol, standardize, min_inner,
+        seed, feature_set, model, run, part ("train"|"test"), n_segments, n_frames, n_features,
+        iou0_rate, auroc, accuracy, r2, sigma, note``. Classification metrics are NaN (with the reason in
         ``note``) when the training part of a run has one class only (the run's classifier is
         skipped), and AuROC is NaN when the part itself has one class only; R² is NaN (reason
         in ``note``) when the part's IoU is constant (e.g. every segment has IoU 0). ``n_frames`` counts
         the images in the part (-1 without a ``frame_id`` column), ``iou0_rate`` is the fraction
         of segments with IoU = 0 in it.
     predictions : DataFrame, only if ``return_predictions``
-        Test part of run 0, one row per feature set × segment: ``feature_set, run, row`` (the
+        Test part of run 0, one row per feature set × model × segment: ``feature_set, model, run,
+        row`` (the
         segment's index label in ``df``), the identity columns present, ``iou, iou_pred`` (clipped),
         ``iou0, p_iou0`` (predicted probability of IoU = 0; NaN if the classifier was skipped).
 
@@ -632,8 +746,9 @@ def evaluate(
     ------
     ValueError
         Missing or null targets, NaN/inf or non-numeric selected features, unknown protocol,
-        unknown or empty feature sets.
+        unknown or empty feature sets, unknown models.
     """
+    models = check_models(models)
     if standardize not in ("train", "all"):
         raise ValueError(f"standardize must be 'train' or 'all', got {standardize!r}")
     proto = _protocol(protocol)
@@ -655,85 +770,99 @@ def evaluate(
 
     rows: list[dict] = []
     preds: list[pd.DataFrame] = []
-    for fs, cols in resolved:
-        X = df[cols].to_numpy(dtype=np.float64)
-        if standardize == "all":
-            X = StandardScaler().fit_transform(X)
-        for run, (train, test) in enumerate(splits):
-            clf = make_classifier(**params)
-            reg = make_regressor()
-            if standardize == "all":
-                clf.set_params(scale="passthrough")
-                reg.set_params(scale="passthrough")
-            reg.fit(X[train], iou_all[train])
-            classes = np.unique(y_all[train])
-            clf_note = ""
-            if classes.size < 2:
-                clf_note = (
-                    f"classifier skipped: training part of run {run} has only iou0={bool(classes[0])}"
-                )
-            else:
-                clf.fit(X[train], y_all[train])
-            for part, idx in (("train", train), ("test", test)):
-                y, iou = y_all[idx], iou_all[idx]
-                iou_pred = np.clip(reg.predict(X[idx]), 0.0, 1.0)
-                note = clf_note
-                auroc = accuracy = math.nan
-                p_iou0 = np.full(len(idx), np.nan)
-                if not clf_note:
-                    p_iou0 = clf.predict_proba(X[idx])[:, list(clf.classes_).index(True)]
-                    accuracy = float(accuracy_score(y, clf.predict(X[idx])))
-                    if np.unique(y).size == 2:
-                        auroc = float(roc_auc_score(y, p_iou0))
-                    else:
-                        note = f"AuROC undefined: {part} part of run {run} has only iou0={bool(y[0])}"
-                r2 = math.nan
-                if len(idx) >= 2 and np.ptp(iou) > 0:
-                    r2 = float(r2_score(iou, iou_pred))
-                elif len(idx) >= 2:
-                    # A constant target has no variance to explain: R² is undefined (scikit-learn
-                    # would call a constant prediction of it a perfect 1.0).
-                    note = "; ".join(n for n in (note, f"R² undefined: {part} part of run {run} has "
-                                                       f"constant IoU = {iou[0]:.4g}") if n)
-                rows.append(
-                    {
-                        "protocol": proto.name,
-                        "standardize": standardize,
-                        "min_inner": bool(min_inner),
-                        "seed": int(seed),
-                        "feature_set": fs.name,
-                        "run": run,
-                        "part": part,
-                        "n_segments": len(idx),
-                        "n_frames": int(np.unique(groups[idx]).size) if groups is not None else -1,
-                        "n_features": len(cols),
-                        "iou0_rate": float(y.mean()),
-                        "auroc": auroc,
-                        "accuracy": accuracy,
-                        "r2": r2,
-                        "sigma": float(math.sqrt(mean_squared_error(iou, iou_pred))),
-                        "note": note,
-                    }
-                )
-                if return_predictions and run == 0 and part == "test":
-                    sub = df.iloc[idx]
-                    p = pd.DataFrame({"feature_set": fs.name, "run": run, "row": sub.index.to_numpy()})
-                    for c in _PRED_ID_COLUMNS:
-                        if c in sub.columns:
-                            p[c] = sub[c].to_numpy()
-                    p["iou"] = iou
-                    p["iou_pred"] = iou_pred
-                    p["iou0"] = y
-                    p["p_iou0"] = p_iou0
-                    preds.append(p)
+    # One BLAS/OpenMP thread: meta tables are small, and gradient boosting's OpenMP threads on a
+    # shared machine can be 20x slower than one thread (measured: 14 s against 0.5 s per fit).
+    with threadpool_limits(limits=1):
+        _fit_and_score(df, resolved, models, splits, groups, params, standardize, y_all, iou_all, proto, seed,
+                       min_inner, return_predictions, rows, preds)
     results = pd.DataFrame(rows)
     if return_predictions:
         return results, pd.concat(preds, ignore_index=True)
     return results
 
 
+def _fit_and_score(df, resolved, models, splits, groups, params, standardize, y_all, iou_all, proto, seed,
+                   min_inner, return_predictions, rows, preds) -> None:
+    """The loop of :func:`evaluate`: appends result rows and run-0 test predictions."""
+    for fs, cols in resolved:
+        X = df[cols].to_numpy(dtype=np.float64)
+        if standardize == "all":
+            X = StandardScaler().fit_transform(X)
+        for model in models:
+            for run, (train, test) in enumerate(splits):
+                clf = make_classifier(model, random_state=seed + run, **(params if model == "linear" else {}))
+                reg = make_regressor(model, random_state=seed + run)
+                if standardize == "all":
+                    clf.set_params(scale="passthrough")
+                    reg.set_params(scale="passthrough")
+                fit_notes = [fit_quietly(reg, X[train], iou_all[train])]
+                classes = np.unique(y_all[train])
+                clf_note = ""
+                if classes.size < 2:
+                    clf_note = (
+                        f"classifier skipped: training part of run {run} has only iou0={bool(classes[0])}"
+                    )
+                else:
+                    fit_notes.append(fit_quietly(clf, X[train], y_all[train]))
+                fit_note = "; ".join(dict.fromkeys(n for n in fit_notes if n))
+                for part, idx in (("train", train), ("test", test)):
+                    y, iou = y_all[idx], iou_all[idx]
+                    iou_pred = np.clip(reg.predict(X[idx]), 0.0, 1.0)
+                    note = clf_note
+                    auroc = accuracy = math.nan
+                    p_iou0 = np.full(len(idx), np.nan)
+                    if not clf_note:
+                        p_iou0 = clf.predict_proba(X[idx])[:, list(clf.classes_).index(True)]
+                        accuracy = float(accuracy_score(y, clf.predict(X[idx])))
+                        if np.unique(y).size == 2:
+                            auroc = float(roc_auc_score(y, p_iou0))
+                        else:
+                            note = f"AuROC undefined: {part} part of run {run} has only iou0={bool(y[0])}"
+                    r2 = math.nan
+                    if len(idx) >= 2 and np.ptp(iou) > 0:
+                        r2 = float(r2_score(iou, iou_pred))
+                    elif len(idx) >= 2:
+                        # A constant target has no variance to explain: R² is undefined (scikit-learn
+                        # would call a constant prediction of it a perfect 1.0).
+                        note = "; ".join(n for n in (note, f"R² undefined: {part} part of run {run} has "
+                                                           f"constant IoU = {iou[0]:.4g}") if n)
+                    rows.append(
+                        {
+                            "protocol": proto.name,
+                            "standardize": standardize,
+                            "min_inner": bool(min_inner),
+                            "seed": int(seed),
+                            "feature_set": fs.name,
+                            "model": model,
+                            "run": run,
+                            "part": part,
+                            "n_segments": len(idx),
+                            "n_frames": int(np.unique(groups[idx]).size) if groups is not None else -1,
+                            "n_features": len(cols),
+                            "iou0_rate": float(y.mean()),
+                            "auroc": auroc,
+                            "accuracy": accuracy,
+                            "r2": r2,
+                            "sigma": float(math.sqrt(mean_squared_error(iou, iou_pred))),
+                            "note": "; ".join(n for n in (note, fit_note) if n),
+                        }
+                    )
+                    if return_predictions and run == 0 and part == "test":
+                        sub = df.iloc[idx]
+                        p = pd.DataFrame({"feature_set": fs.name, "model": model, "run": run,
+                                          "row": sub.index.to_numpy()})
+                        for c in _PRED_ID_COLUMNS:
+                            if c in sub.columns:
+                                p[c] = sub[c].to_numpy()
+                        p["iou"] = iou
+                        p["iou_pred"] = iou_pred
+                        p["iou0"] = y
+                        p["p_iou0"] = p_iou0
+                        preds.append(p)
+
+
 def summarise(results: pd.DataFrame, ddof: int = 0) -> pd.DataFrame:
-    """Mean ± standard deviation over runs of every metric, per feature set.
+    """Mean ± standard deviation over runs of every metric, per feature set and meta model.
 
     Parameters
     ----------
@@ -746,8 +875,9 @@ def summarise(results: pd.DataFrame, ddof: int = 0) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        One row per feature set (in the order of ``results``): ``feature_set, protocol,
-        n_runs, n_features``, then ``{metric}_{part}_mean`` and ``{metric}_{part}_std`` for
+        One row per feature set and model (in the order of ``results``; results without a
+        ``model`` column count as one model): ``feature_set, model, protocol, n_runs, n_features``,
+        then ``{metric}_{part}_mean`` and ``{metric}_{part}_std`` for
         metric in auroc, accuracy, r2, sigma and part in train, test (NaN runs are left out), and
         ``notes`` (distinct non-empty notes joined by "; ").
     """
@@ -756,8 +886,9 @@ def summarise(results: pd.DataFrame, ddof: int = 0) -> pd.DataFrame:
     if missing:
         raise ValueError(f"results lack columns {sorted(missing)}; pass the output of evaluate()")
     out = []
-    for name, g in results.groupby("feature_set", sort=False):
-        row: dict[str, object] = {"feature_set": name}
+    keys = ["feature_set", "model"] if "model" in results.columns else ["feature_set"]
+    for key, g in results.groupby(keys, sort=False):
+        row: dict[str, object] = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         if "protocol" in g.columns:
             row["protocol"] = ",".join(dict.fromkeys(g["protocol"].astype(str)))
         row["n_runs"] = int(g["run"].nunique())

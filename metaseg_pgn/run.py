@@ -30,8 +30,10 @@ Stages (stage=NAME, or stage=[a,b]; default: all):
   meta        meta classification (IoU = 0) and regression (IoU) per feature set -> JSON/CSV
   pixel_eval  pixel-level calibration (ECE) and sparsification (AuSE)
   ood_eval    OoD segmentation metrics (SegmentMeIfYouCan: AuPRC, FPR95, sIoU, PPV, mean F1)
+  ood_meta    OoD post-processing (Meta-OoD): meta-classify thresholded components, remove false
+              positives; component metrics before/after per score, feature set and meta model
   report      Markdown + HTML report with figures
-  all         infer, features, meta, pixel_eval, ood_eval, report
+  all         infer, features, meta, pixel_eval, ood_eval, ood_meta, report
 
 Main settings (docs/configuration.md lists every key with its type and default):
   pipeline=synthetic|cityscapes|smiyc        the pipeline (config group in metaseg_pgn/conf)
@@ -42,6 +44,7 @@ Main settings (docs/configuration.md lists every key with its type and default):
   pgn.resolution=feature|input  pgn.layers=[last]|[last,deep]
   baselines.mc_dropout.samples=25  baselines.ensemble.enabled=true
   meta.protocol=grouped|pgn_authors|metaseg  meta.n_runs=5  meta.min_inner=false
+  meta.models=[linear,gbt,mlp]  ood_meta.models=[linear]  ood_meta.scores=[V,E,pgn_last_uni_p0_5]
   features.workers=1  features.executor=process|dask  features.scheduler=ADDRESS
   run_dir=data/runs/<pipeline>   device=auto|cpu|cuda   seed=0
   force=[features,meta]   recompute these stages even when up to date (docs/reuse.md)

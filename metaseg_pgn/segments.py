@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from skimage.measure import label as _sk_label
 
-__all__ = ["label_segments", "boundary_mask", "adjusted_iou", "segment_features", "map_columns"]
+__all__ = ["label_segments", "boundary_mask", "adjusted_iou", "segment_features", "segment_feature_arrays",
+           "map_columns"]
 
 # The 8 neighbour offsets (dy, dx).
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -378,6 +379,31 @@ def segment_features(
         On inconsistent shapes, non-integer labels, map names whose columns collide, or inputs
         whose aggregates are not finite (NaN/inf in a map, or variances beyond float64).
     """
+    return pd.DataFrame(segment_feature_arrays(pred, probs, maps, gt, void=void, channel_axis=channel_axis),
+                        copy=False)
+
+
+def segment_feature_arrays(
+    pred: np.ndarray,
+    probs: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    gt: np.ndarray | None = None,
+    *,
+    void: int = 255,
+    channel_axis: int = 0,
+    with_targets: bool = True,
+) -> dict[str, np.ndarray]:
+    """The columns of :func:`segment_features` as a dict of arrays, without building a DataFrame.
+
+    Same parameters, plus ``with_targets`` (default True): False leaves out ``iou`` and ``iou0``.
+    For callers that compute features of many small regions (``metaseg_pgn.ood_meta``), where
+    building a DataFrame of hundreds of columns per call costs more than the features.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray (or pandas nullable arrays for the missing targets)
+        Keys and dtypes as the columns of :func:`segment_features`, in the same order.
+    """
     pred = _check_label_image(pred, "pred")
     height, width = pred.shape
     probs = np.asarray(probs)
@@ -460,7 +486,7 @@ def segment_features(
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             raise ValueError(f"column {col!r} is not finite: the input holds NaN/inf or exceeds float64")
 
-    if gt is not None:
+    if gt is not None and with_targets:
         gt = np.asarray(gt)
         hit = gt.ravel() == voided.ravel()  # void pixels fall in segment 0
         run_hit = np.add.reduceat(hit, starts, dtype=np.int64)
@@ -470,7 +496,7 @@ def segment_features(
         iou = _adjusted_iou(inter, np.concatenate(([0], size)), voided, gt, bd_index, bd_segment, void)
         cols["iou"] = iou
         cols["iou0"] = iou == 0
-    else:
+    elif with_targets:
         cols["iou"] = pd.array([None] * n, dtype="Float64")
         cols["iou0"] = pd.array([None] * n, dtype="boolean")
-    return pd.DataFrame(cols, copy=False)
+    return cols

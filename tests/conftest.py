@@ -40,6 +40,7 @@ def tiny_overrides(run_dir: Path, n: int = 4, n_ood: int = 3, size=(64, 128),
         "baselines.mc_dropout.samples=2",
         "baselines.ensemble.enabled=false",
         "meta.n_runs=2",
+        "ood_meta.n_runs=2",
         "progress=false",
         f"run_dir={run_dir}",
     ]

@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO
 from metaseg_pgn import config as config_mod
 
-DOCUMENTED_STAGES = ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "report", "all")
+DOCUMENTED_STAGES = ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta", "report", "all")
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:

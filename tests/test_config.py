@@ -101,7 +101,7 @@ def test_a_users_model_config_may_add_the_targets_arguments(tmp_path):
 
 
 def test_stage_all_expands_in_pipeline_order():
-    everything = ["infer", "features", "meta", "pixel_eval", "ood_eval", "report"]
+    everything = ["infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta", "report"]
     assert c.stages_to_run(c.compose([])) == everything
     assert c.stages_to_run(c.compose(["stage=[infer,features]"])) == ["infer", "features"]
     assert c.stages_to_run(c.compose(["stage=[train,all]"])) == ["train", *everything]

@@ -425,3 +425,62 @@ def test_single_class_test_part_gives_nan_auroc_with_reason(table):
     assert not math.isnan(tr["auroc"]) and tr["note"] == ""
     assert math.isnan(te["auroc"]) and "AuROC undefined: test part of run 0 has only iou0=False" in te["note"]
     assert not math.isnan(te["accuracy"]) and te["iou0_rate"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# meta models beyond linear
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # the reference MLP, like ours
+def test_gbt_and_mlp_models_match_plain_sklearn():
+    from threadpoolctl import threadpool_limits
+
+    table = synthetic_table(n_frames=12, seed=1)  # small: the MLPs run their epochs in Python
+
+    results, preds = meta.evaluate(table, ["entropy"], n_runs=1, seed=3, models=["linear", "gbt", "mlp"],
+                                   return_predictions=True)
+    assert list(dict.fromkeys(results["model"])) == ["linear", "gbt", "mlp"]
+    assert len(results) == 3 * 1 * 2
+    X = table[[f"E_{s}" for s in STATS]].to_numpy(float)
+    y, iou = table["iou0"].to_numpy(bool), table["iou"].to_numpy(float)
+    train, test = next(GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=3).split(table, groups=table["frame_id"]))
+    scaler = StandardScaler().fit(X[train])
+    Xs = scaler.transform(X)
+    with threadpool_limits(limits=1):  # as evaluate() fits; OpenMP threads on a busy machine are slow
+        refs = _reference_models(X, Xs, y, iou, train)
+    for model, (clf, reg, Xm) in refs.items():
+        p = preds[(preds["model"] == model) & (preds["feature_set"] == "entropy")]
+        proba = clf.predict_proba(Xm[test])[:, 1]
+        iou_pred = np.clip(reg.predict(Xm[test]), 0, 1)
+        np.testing.assert_allclose(p["p_iou0"].to_numpy(), proba, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(p["iou_pred"].to_numpy(), iou_pred, rtol=1e-9, atol=1e-12)
+        row = results[(results["model"] == model) & (results["run"] == 0) & (results["part"] == "test")].iloc[0]
+        assert row["auroc"] == pytest.approx(roc_auc_score(y[test], proba), rel=1e-12)
+        assert row["r2"] == pytest.approx(r2_score(iou[test], iou_pred), rel=1e-12)
+        assert row["accuracy"] == pytest.approx(accuracy_score(y[test], proba > 0.5), rel=1e-12)
+        assert 0.5 < row["auroc"] <= 1 and row["r2"] > 0  # E carries the signal of the synthetic table
+    summary = meta.summarise(results)
+    assert summary[["feature_set", "model"]].values.tolist() == [["entropy", "linear"], ["entropy", "gbt"],
+                                                                 ["entropy", "mlp"]]
+    # the linear rows are what evaluate() gives without models
+    linear = results[results["model"] == "linear"].drop(columns="model").reset_index(drop=True)
+    pd.testing.assert_frame_equal(linear, meta.evaluate(table, ["entropy"], n_runs=1, seed=3).drop(columns="model"))
+
+
+def _reference_models(X, Xs, y, iou, train):
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    return {
+        "gbt": (HistGradientBoostingClassifier(**meta.GBT_PARAMS, random_state=3).fit(X[train], y[train]),
+                HistGradientBoostingRegressor(**meta.GBT_PARAMS, random_state=3).fit(X[train], iou[train]), X),
+        "mlp": (MLPClassifier(**meta.MLP_PARAMS, random_state=3).fit(Xs[train], y[train]),
+                MLPRegressor(**meta.MLP_PARAMS, random_state=3).fit(Xs[train], iou[train]), Xs),
+    }
+
+
+def test_unknown_model_is_refused(table):
+    with pytest.raises(ValueError, match=r"unknown meta model\(s\) \['forest'\]; choose from \['linear', 'gbt', 'mlp'\]"):
+        meta.evaluate(table, ["entropy"], models=["linear", "forest"])
+    with pytest.raises(ValueError, match="empty"):
+        meta.evaluate(table, ["entropy"], models=[])

@@ -14,4 +14,5 @@ def _lazy(module: str):
 
 
 STAGE_FUNCTIONS = {name: _lazy(name) for name in
-                   ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "report")}
+                   ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta",
+                                  "report")}

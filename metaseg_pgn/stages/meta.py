@@ -1,7 +1,8 @@
 """Stage ``meta``: meta classification (IoU = 0) and regression (IoU) per feature set.
 
 Reads only the columns the feature sets need from the Parquet table of the evaluated dataset and
-writes ``meta/meta_results.csv`` (every run, train and test), ``meta/meta_summary.{csv,json}``
+writes ``meta/meta_results.csv`` (every run, train and test, per feature set and meta model from
+``meta.models``), ``meta/meta_summary.{csv,json}``
 (mean ± std) and ``meta/meta_predictions.csv`` (test part of run 0, for the report's figures).
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..meta import NON_FEATURE_COLUMNS, FeatureSet, evaluate, resolve_feature_sets, summarise, write_results
+from ..meta import NON_FEATURE_COLUMNS, FeatureSet, check_models, evaluate, resolve_feature_sets, summarise, write_results
 from ..table import read_features
 from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
                      require_manifest, upstream_token, write_manifest)
@@ -76,6 +77,7 @@ def run(ctx: RunContext) -> dict:
     try:  # unknown names, bad patterns, sets the table cannot serve: configuration errors
         sets = feature_sets_from_config(mcfg)
         resolved = resolve_feature_sets(empty, sets or None)
+        models = check_models(mcfg.get("models", ["linear"]), "meta.models")
     except ValueError as e:
         raise StageError(f"meta: {e}") from None
     needed = sorted({c for _, cols in resolved for c in cols} | (set(NON_FEATURE_COLUMNS) & set(names)) | {"S_in"})
@@ -84,7 +86,7 @@ def run(ctx: RunContext) -> dict:
         results, predictions = evaluate(
             df, [s for s, _ in resolved], protocol=mcfg["protocol"], n_runs=mcfg.get("n_runs"),
             seed=int(ctx.cfg["seed"]), test_size=mcfg.get("test_size"), min_inner=bool(mcfg["min_inner"]),
-            standardize=mcfg["standardize"], source=str(path), return_predictions=True)
+            standardize=mcfg["standardize"], source=str(path), return_predictions=True, models=models)
     except ValueError as e:
         raise StageError(f"meta: {e}") from None
     summary = summarise(results)
@@ -92,7 +94,7 @@ def run(ctx: RunContext) -> dict:
                           metadata={"table": path.relative_to(ctx.run_dir).as_posix(), "segments": len(df),
                                     "config": config_part})
     log.info("meta: %d feature sets, %d segments\n%s", len(resolved), len(df),
-             summary[["feature_set", "auroc_test_mean", "r2_test_mean"]].to_string(index=False))
+             summary[["feature_set", "model", "auroc_test_mean", "r2_test_mean"]].to_string(index=False))
     outputs = {k: Path(v).relative_to(ctx.run_dir).as_posix() for k, v in files.items()}
     write_manifest(ctx, STAGE, the_plan, outputs, started, files=list(files.values()))
     return outputs

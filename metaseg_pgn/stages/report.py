@@ -1,7 +1,7 @@
 """Stage ``report``: one Markdown and one HTML page with the run's results and figures.
 
-Reads the manifests and outputs of ``infer``, ``features``, ``meta``, ``pixel_eval`` and
-``ood_eval`` (every section but the header is optional: a stage that did not run is named, with the
+Reads the manifests and outputs of ``infer``, ``features``, ``meta``, ``pixel_eval``, ``ood_eval``
+and ``ood_meta`` (:mod:`metaseg_pgn.stages.report_ood_meta`; every section but the header is optional: a stage that did not run is named, with the
 command that adds it) and writes into ``<run_dir>/report/``:
 
 - ``report.md`` and ``report.html`` (self-contained: inline CSS, figures as PNG files beside it,
@@ -39,9 +39,9 @@ from .common import (Plan, RunContext, dataset_key, evaluated_dataset, is_up_to_
                      require_manifest, upstream_token, write_manifest)
 
 STAGE = "report"
-CODE = ("metaseg_pgn.stages.report", "metaseg_pgn.plots", "metaseg_pgn.names", "metaseg_pgn.data.palette",
-        "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.table")
-UPSTREAM = ("infer", "features", "meta", "pixel_eval", "ood_eval")
+CODE = ("metaseg_pgn.stages.report", "metaseg_pgn.stages.report_ood_meta", "metaseg_pgn.plots", "metaseg_pgn.names",
+        "metaseg_pgn.data.palette", "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.table")
+UPSTREAM = ("infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta")
 DASH = "–"  # shown for every missing or undefined value
 
 #: Correlation figure: how many ``{m}_mean`` features (strongest |Spearman| first).
@@ -424,7 +424,7 @@ class _Builder:
     def build(self) -> Doc:
         sections = [("Run", self.header), ("Meta classification and meta regression", self.meta),
                     ("Example frames", self.examples), ("Pixel-level evaluation", self.pixel),
-                    ("OoD segmentation", self.ood)]
+                    ("OoD segmentation", self.ood), ("OoD post-processing (Meta-OoD)", self.ood_meta)]
         if self.icfg["model"].get("init") == "random":
             self.doc.p("**Untrained network: the model was randomly initialised (`model.init=random`); "
                        "every number below describes an untrained network.**")
@@ -512,7 +512,13 @@ class _Builder:
         if pred_file and self.path(pred_file).exists():
             self._predictions = pd.read_csv(self.path(pred_file))
         mcfg = (self.m["meta"].get("config") or {}).get("meta", {})
+        from .report_ood_meta import model_comparison, primary_model
+
+        all_models = summary
+        model, summary, results, self._predictions = primary_model(summary, results, self._predictions)
         self.doc.p(_protocol_text(summary, results, mcfg))
+        if model is not None and model != "linear":
+            self.doc.p(f"Meta model in these tables: `{model}`.")
         names = order_feature_sets(summary["feature_set"].astype(str))
         by_name = {str(r["feature_set"]): r for _, r in summary.iterrows()}
         ordered = [by_name[n] for n in names]
@@ -525,6 +531,7 @@ class _Builder:
             self.doc.ul(notes)
         self.doc.h(3, "Training part")
         self._meta_table(ordered, "train")
+        model_comparison(self, all_models)
         self.doc.p(PUBLISHED_META)
         self.meta_figures(ordered, results)
         self.correlation()
@@ -770,6 +777,11 @@ class _Builder:
             if best is None or count > best[0]:
                 best = (count, frame_id, record)
         return best[1], best[2]
+
+    def ood_meta(self) -> None:
+        from .report_ood_meta import ood_meta_section
+
+        ood_meta_section(self)
 
     # -- pixel level
 

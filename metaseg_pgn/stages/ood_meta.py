@@ -27,12 +27,22 @@ from ..io import atomic_write, write_json
 from ..maps import softmax_maps
 from ..ood_meta import OoDMetaSettings, evaluate_dataset, summarise
 from ..store import read_record
-from .common import (RunContext, StageError, dataset_key, is_up_to_date, log, require_manifest,
-                     stage_fingerprint, write_manifest)
+from .common import (Plan, RunContext, StageError, dataset_key, is_up_to_date, log, make_plan, require_manifest,
+                     upstream_token, write_manifest)
 from .infer import dataset_configs, make_dataset
 from .ood_eval import track_of
 
 STAGE = "ood_meta"
+CODE = ("metaseg_pgn.stages.ood_meta", "metaseg_pgn.ood_meta", "metaseg_pgn.meta", "metaseg_pgn.segments",
+        "metaseg_pgn.metrics.ood", "metaseg_pgn.store", "metaseg_pgn.maps")
+
+
+def plan(ctx: RunContext) -> Plan:
+    """Its settings and seed, the OoD datasets (their tracks), the records, the code."""
+    infer = require_manifest(ctx, "infer", STAGE)
+    config = {"ood_meta": ctx.cfg["ood_meta"], "seed": ctx.cfg["seed"],
+              "ood_datasets": ctx.cfg.get("ood_datasets", []), "dataset": ctx.cfg["dataset"]}
+    return make_plan(config, {"infer": upstream_token(infer)}, CODE)
 
 
 def _json_records(df: pd.DataFrame) -> list[dict]:
@@ -66,13 +76,12 @@ def _score_maps(record, names) -> tuple:
 
 def run(ctx: RunContext) -> dict:
     started = time.time()
-    infer = require_manifest(ctx, "infer", STAGE)
-    upstream = {"infer": infer["fingerprint"]}
-    config_part = {"ood_meta": ctx.cfg["ood_meta"], "seed": ctx.cfg["seed"]}
-    fp = stage_fingerprint(config_part, upstream)
-    if is_up_to_date(ctx, STAGE, fp):
+    the_plan = plan(ctx)
+    if is_up_to_date(ctx, STAGE, the_plan):
         log.info("ood_meta: up to date")
         return {}
+    infer = require_manifest(ctx, "infer", STAGE)
+    config_part = {"ood_meta": ctx.cfg["ood_meta"], "seed": ctx.cfg["seed"]}
     try:
         settings = OoDMetaSettings.from_config(ctx.cfg["ood_meta"], ctx.cfg["seed"])
     except ValueError as e:
@@ -124,7 +133,7 @@ def run(ctx: RunContext) -> dict:
     if not results:
         why = ("no OoD dataset with at least 2 labelled frames" if unlabelled else "no OoD dataset")
         log.warning("ood_meta: the run has %s (labels 0/1/255); skipped", why)
-        write_manifest(ctx, STAGE, fp, config_part, upstream, {"skipped": why, "unlabelled": unlabelled}, started)
+        write_manifest(ctx, STAGE, the_plan, {"skipped": why, "unlabelled": unlabelled}, started)
         return {}
 
     folder = ctx.stage_dir(STAGE)
@@ -133,15 +142,17 @@ def run(ctx: RunContext) -> dict:
     files = {"results_csv": table, "summary_csv": summary,
              "candidates_csv": pd.concat(candidates, ignore_index=True),
              "predictions_csv": pd.concat(predictions, ignore_index=True)}
-    outputs = {}
+    outputs, written = {}, []
     for kind, frame in files.items():
         name = f"{STAGE}_{kind[:-4]}.csv"
         with atomic_write(folder / name, "w") as f:
             frame.to_csv(f, index=False, lineterminator="\n")
         outputs[kind] = f"{STAGE}/{name}"
+        written.append(folder / name)
     write_json(folder / f"{STAGE}_summary.json", {"summary": _json_records(summary), "results": _json_records(table),
                                                    "datasets": info, "config": config_part})
     outputs["summary_json"] = f"{STAGE}/{STAGE}_summary.json"
+    written.append(folder / f"{STAGE}_summary.json")
     outputs["datasets"] = sorted(info)
     outputs["unlabelled"] = unlabelled
     mode = settings.mode
@@ -149,5 +160,5 @@ def run(ctx: RunContext) -> dict:
     log.info("ood_meta: mean F1 (%s) before/after, mean over %d runs\n%s", mode, settings.n_runs,
              view[["dataset", "score", "variant", "feature_set", "model", f"F1_mean_{mode}_mean",
                    f"F1_mean_{mode}_std"]].to_string(index=False))
-    write_manifest(ctx, STAGE, fp, config_part, upstream, outputs, started)
+    write_manifest(ctx, STAGE, the_plan, outputs, started, files=written)
     return outputs

@@ -604,6 +604,20 @@ def test_a_feature_set_without_its_maps_is_named(world):
         ood_meta.evaluate_dataset(list(world), no_pgn, "obstacle", s)
 
 
+def _rerecord(run_dir, stage, path):
+    """Record ``path``'s new size and hash in the stage's manifest (and its checksum)."""
+    import json
+
+    from metaseg_pgn.integrity import files_entry
+    from metaseg_pgn.stages.common import _checksum
+
+    manifest_file = run_dir / stage / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"].update(files_entry(run_dir, [path]))
+    manifest["checksum"] = _checksum(manifest)
+    manifest_file.write_text(json.dumps(manifest))
+
+
 def test_stage_leaves_out_frames_without_label(tiny_stage, tmp_path):
     import copy
     import json
@@ -624,6 +638,7 @@ def test_stage_leaves_out_frames_without_label(tiny_stage, tmp_path):
     record = read_record(first)
     record.label = None  # as a benchmark's test frame: scored, never evaluated
     write_record(first, record)
+    _rerecord(Path(cfg["run_dir"]), "infer", first)  # as if infer had written it so
     run_pipeline(cfg)
     manifest = json.loads((Path(cfg["run_dir"]) / "ood_meta" / "manifest.json").read_text())
     assert manifest["outputs"]["unlabelled"] == {"synthetic_anomaly-all": 1}

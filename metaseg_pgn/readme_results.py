@@ -27,7 +27,7 @@ from .stages.report import (DASH, feature_set_label, fmt_num, fmt_pct, fmt_pm, f
 
 BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"
-STAGES = ("infer", "features", "meta", "pixel_eval", "ood_eval")
+STAGES = ("infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta")
 FIGURES = {"meta_bars.png": "meta_bars.png"}  # report figure -> README image
 
 
@@ -71,7 +71,7 @@ def run_section(run_dir: Path) -> list[str]:
     gpu = machine.get("gpu") or "no GPU"
     load = lambda v: " / ".join(f"{x:.2f}" for x in v) if v else DASH  # noqa: E731
     stages = ", ".join(f"{s} {_duration(t)}" for s, t in info.get("stages", []))
-    sizes = {s: folder_size(run_dir / s) for s in STAGES}
+    sizes = {s: folder_size(run_dir / s) for s in STAGES if (run_dir / s).is_dir()}
     export = folder_size(run_dir / "ood_eval" / "submission")
     total = sum(sizes.values()) + folder_size(run_dir / "report")
     from .stages.common import dataset_key
@@ -214,11 +214,46 @@ def class_section(run_dir: Path) -> list[str]:
             + _table(["class", "IoU"], [[str(r["class"]), fmt_num(r["IoU"], 3)] for _, r in seg.iterrows()], "lr"))
 
 
+def ood_meta_section(run_dir: Path) -> list[str]:
+    """Component mean F1 before and after the Meta-OoD post-processing, per track, score and feature set."""
+    path = run_dir / "ood_meta" / "ood_meta_summary.csv"
+    if not path.is_file():
+        return []
+    summary = pd.read_csv(path)
+    doc = _read_json(run_dir / "ood_meta" / "ood_meta_summary.json")
+    mode = doc.get("config", {}).get("ood_meta", {}).get("mode", "smiyc")
+    f1 = f"F1_mean_{mode}"
+    linear = summary[summary["model"].isin(["linear"]) | summary["model"].isna()]
+    tracks = list(dict.fromkeys(summary["track"].astype(str)))
+    sets = list(dict.fromkeys(linear[linear["variant"] == "after"]["feature_set"].astype(str)))
+    header, rows = ["score"], []
+    for t in tracks:
+        header += [f"{t}: before"] + [f"after, {fs} features" for fs in sets]
+    for score in dict.fromkeys(summary["score"].astype(str)):
+        cells = [method_label(score)]
+        for t in tracks:
+            part = linear[(linear["track"] == t) & (linear["score"] == score)]
+            before = part[part["variant"] == "before"]
+            cells.append(fmt_pm(before[f"{f1}_mean"].iloc[0], before[f"{f1}_std"].iloc[0], 1)
+                         if len(before) else DASH)
+            for fs in sets:
+                after = part[(part["variant"] == "after") & (part["feature_set"] == fs)]
+                cells.append(fmt_pm(after[f"{f1}_mean"].iloc[0], after[f"{f1}_std"].iloc[0], 1)
+                             if len(after) else DASH)
+        rows.append(cells)
+    runs = int(summary["n_runs"].max())
+    lines = [f"OoD post-processing (`ood_meta`, Meta-OoD with gradient features): component mean F1 "
+             f"(`{mode}`, %) of the evaluation frames before and after removing the candidates a logistic "
+             f"regression rejects, mean ± std over {runs} runs (frames split by frame; the other meta models "
+             "and sIoU/PPV: the report):", ""]
+    return lines + _table(header, rows, "l" + "r" * (len(header) - 1))
+
+
 def section(run_dir: Path, images_rel: str = "docs/images") -> str:
     """The Markdown between the markers (without them)."""
     parts = [run_section(run_dir), meta_section(run_dir),
              [f"![the meta-learning comparison of the report]({images_rel}/meta_bars.png)"],
-             ood_section(run_dir), pixel_section(run_dir), class_section(run_dir)]
+             ood_section(run_dir), ood_meta_section(run_dir), pixel_section(run_dir), class_section(run_dir)]
     return "\n\n".join("\n".join(p) for p in parts)
 
 

@@ -527,7 +527,8 @@ def test_stage_errors_name_the_setting(tiny_stage):
     cfg = copy.deepcopy(tiny_stage)
     cfg["stage"] = "ood_meta"
     cfg["ood_meta"]["scores"] = ["pgn_last_uni_p7"]
-    with pytest.raises(StageError, match=r"ood_meta: synthetic_\w+-all: frame .*ood_meta.scores names \['pgn_last_uni_p7'\]"):
+    with pytest.raises(StageError, match=r"ood_meta: synthetic_\w+-all: none of ood_meta.scores \['pgn_last_uni_p7'\] "
+                                         r"is a map of this run \(maps: \['D', 'E', 'V', .*'pgn_last_uni_p0_5'"):
         run_pipeline(cfg)
     with pytest.raises(config_mod.ConfigError, match="ood_meta.models"):
         config_mod.compose(["ood_meta.models=[forest]"])
@@ -535,6 +536,28 @@ def test_stage_errors_name_the_setting(tiny_stage):
         config_mod.compose(["ood_meta.threshold=2"])
     with pytest.raises(config_mod.ConfigError, match="meta.models"):
         config_mod.compose(["meta.models=linear"])
+
+
+def test_scores_the_run_lacks_are_left_out_with_a_warning(tiny_stage, tmp_path, caplog):
+    """A run without p = 0.5 (pgn.ps=[0.1,1]) still runs the default scores it has."""
+    import copy
+    import json
+    import shutil
+    from pathlib import Path
+
+    from metaseg_pgn.run import run_pipeline
+
+    cfg = copy.deepcopy(tiny_stage)
+    cfg["run_dir"] = str(tmp_path / "run")
+    cfg["stage"] = "ood_meta"
+    cfg["ood_meta"]["n_runs"] = 1
+    cfg["ood_meta"]["scores"] = ["V", "pgn_last_uni_p7"]
+    shutil.copytree(tiny_stage["run_dir"], cfg["run_dir"])
+    run_pipeline(cfg)
+    assert "scores ['pgn_last_uni_p7'] are not among this run's maps" in caplog.text
+    doc = json.loads((Path(cfg["run_dir"]) / "ood_meta" / "ood_meta_summary.json").read_text())
+    assert {r["score"] for r in doc["summary"]} == {"V"}
+    assert all(d["scores_left_out"] == ["pgn_last_uni_p7"] for d in doc["datasets"].values())
 
 
 def test_report_shows_the_summary_and_a_frame_before_and_after(tiny_stage):

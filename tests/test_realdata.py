@@ -66,11 +66,11 @@ def test_deep_layer_run_of_the_default_world_finishes_every_evaluation_without_w
     assert "⚠ inverted" in md  # the shipped model at this size has some (the check above is not vacuous)
 
     # total output size of the stages, against a walk over the files
-    size = sum(p.stat().st_size for s in ("infer", "features", "meta", "pixel_eval", "ood_eval")
+    size = sum(p.stat().st_size for s in ("infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta")
                for p in (run_dir / s).rglob("*") if p.is_file())
     assert f"| Output size | {size / 1e6:.1f} MB before the report" in md
     seconds = sum(json.loads((run_dir / s / "manifest.json").read_text())["seconds"]
-                  for s in ("infer", "features", "meta", "pixel_eval", "ood_eval"))
+                  for s in ("infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta"))
     assert "| Run time | " in md and f"{int(round(seconds)) % 60} s for the stages" in md
 
 
@@ -311,6 +311,28 @@ def test_readme_results_tables_equal_the_runs_csvs(deep_run, tmp_path):
                     if ood[(ood["dataset"] == k) & (ood["method"] == method)]["AUROC_exact"].iloc[0] < 0.5]
         assert ("inverted on" in row[0]) == bool(inverted), method
 
+    # ood_meta: mean F1 (linear meta classifier) before and after per track, score and feature set
+    om = pd.read_csv(deep_run / "ood_meta" / "ood_meta_summary.csv")
+    om = om[om["model"].isna() | (om["model"] == "linear")]
+    om_body = body.split("OoD post-processing")[1]
+    om_header = [c.strip() for c in om_body.split("| score |")[1].splitlines()[0].strip("|").split("|")]
+    score_of = {method_label(m): m for m in om["score"]}
+    om_rows = _md_table(om_body, "score")
+    assert {score_of[r[0]] for r in om_rows} == set(om["score"])
+    for row in om_rows:
+        track = None
+        for head, cell in zip(om_header, row[1:]):
+            if head.endswith(": before"):
+                track, variant, fs = head[: -len(": before")], "before", None
+            else:
+                variant, fs = "after", head[len("after, "): -len(" features")]
+            part = om[(om["track"] == track) & (om["score"] == score_of[row[0]]) & (om["variant"] == variant)]
+            if fs is not None:
+                part = part[part["feature_set"] == fs]
+            mean, std = cell.split(" ± ")
+            assert close(mean, part["F1_mean_smiyc_mean"].iloc[0], 1), (row[0], head)
+            assert close(std, part["F1_mean_smiyc_std"].iloc[0], 1), (row[0], head)
+
     # pixel level and per-class IoU
     pixel = pd.read_csv(deep_run / "pixel_eval" / "pixel_eval.csv").set_index("name")
     pix_rows = _md_table(body.split("Pixel-level")[1], "score")
@@ -327,7 +349,8 @@ def test_readme_results_tables_equal_the_runs_csvs(deep_run, tmp_path):
     features = json.loads((deep_run / "features" / "manifest.json").read_text())
     assert info["finished"] in body and info["machine"]["cpu"] in body
     assert " / ".join(f"{x:.2f}" for x in info["load_average_start"]) in body
-    assert [s for s, _ in info["stages"]] == ["infer", "features", "meta", "pixel_eval", "ood_eval", "report"]
+    assert [s for s, _ in info["stages"]] == ["infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta",
+                                              "report"]
     assert "Stage times: infer " in body and body.index("pixel_eval ") < body.index("ood_eval ")
     assert f"({features['outputs']['synthetic-val']['rows']} segments)" in body
     assert (tmp_path / "docs" / "images" / "meta_bars.png").read_bytes() == (

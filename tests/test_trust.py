@@ -208,11 +208,14 @@ def test_a_code_change_recomputes_its_stage_and_what_follows(base_run, copy, tmp
     err = ok(cli(copy, pythonpath=code))
     assert "infer: up to date" in err
     assert "features: code ('metaseg_pgn.segments') changed" in err
+    assert "ood_meta: code ('metaseg_pgn.segments') changed" in err  # its candidates' features use it too
     # the same table comes out, so the stages after features stay up to date
     assert "meta: up to date" in err and "report: up to date" in err
-    # all equal but the per-frame caches and the features manifest, which carry the code's fingerprint
+    # all equal but the per-frame caches and the manifests of the stages that run the changed module,
+    # which carry the code's fingerprint
     changed = {k for k, v in snapshot(copy).items() ^ base_run[1].items()}
-    assert changed and all(k.startswith("features/_frames/") or k == "features/manifest.json" for k in changed)
+    assert changed and all(k.startswith("features/_frames/") or k in ("features/manifest.json", "ood_meta/manifest.json")
+                           for k in changed)
 
 
 def test_report_refuses_meta_results_of_another_configuration(base_run, copy):

@@ -19,6 +19,7 @@ counts them per dataset, and a dataset with fewer than 2 labelled frames is skip
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pandas as pd
@@ -87,7 +88,7 @@ def run(ctx: RunContext) -> dict:
     except ValueError as e:
         raise StageError(f"ood_meta: {e}") from None
 
-    results, candidates, predictions, info, unlabelled = [], [], [], {}, {}
+    results, candidates, predictions, info, unlabelled, info_dropped = [], [], [], {}, {}, {}
     for ds_cfg in dataset_configs(ctx.cfg):
         key = dataset_key(ds_cfg)
         out = infer["outputs"].get(key)
@@ -115,11 +116,24 @@ def run(ctx: RunContext) -> dict:
             probs = record.probs()
             return record.label, probs, record.pixel_maps(probs)
 
-        def load_scores(frame_id):
-            return _score_maps(read(frame_id), settings.scores)
+        first = read(frames[0])
+        offered = {"V", "E", "D", *first.pgn_names, *first.baseline_names}
+        dropped = [m for m in settings.scores if m not in offered]
+        if dropped:
+            log.warning("ood_meta: %s: scores %s are not among this run's maps (see pgn.ps, pgn.labels, "
+                        "baselines) and are left out", key, dropped)
+        scores = tuple(m for m in settings.scores if m in offered)
+        if not scores:
+            raise StageError(f"ood_meta: {key}: none of ood_meta.scores {list(settings.scores)} is a map of this "
+                             f"run (maps: {sorted(offered)})")
+        ds_settings = dataclasses.replace(settings, scores=scores)
+        info_dropped[key] = dropped
+
+        def load_scores(frame_id, scores=scores):
+            return _score_maps(read(frame_id), scores)
 
         try:
-            res = evaluate_dataset(frames, load, track, settings, load_scores=load_scores,
+            res = evaluate_dataset(frames, load, track, ds_settings, load_scores=load_scores,
                                    progress=ctx.progress, desc=f"ood_meta {key}")
         except ValueError as e:
             raise StageError(f"ood_meta: {key}: {e}") from None
@@ -129,7 +143,7 @@ def run(ctx: RunContext) -> dict:
             if name == "results":
                 part.insert(1, "track", track)
             frame.append(part)
-        info[key] = res["info"]
+        info[key] = {**res["info"], "scores_left_out": info_dropped[key]}
     if not results:
         why = ("no OoD dataset with at least 2 labelled frames" if unlabelled else "no OoD dataset")
         log.warning("ood_meta: the run has %s (labels 0/1/255); skipped", why)

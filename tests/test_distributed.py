@@ -116,7 +116,9 @@ def test_features_byte_identical_across_executors(reference, tmp_path):
                         "dask": ["features.executor=dask", "features.workers=2"]}.items():
         run_dir = tmp_path / name
         copy_infer(reference, run_dir)
+        environ = dict(os.environ)
         run_in_process(run_dir, "stage=[features]", *extra)
+        assert dict(os.environ) == environ  # Dask's nanny wrote OMP/MKL_NUM_THREADS=1 into it
         assert_same_features(run_dir, reference)
         assert not temp_files(run_dir)
 

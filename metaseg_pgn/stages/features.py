@@ -244,9 +244,16 @@ def _execute_dask(jobs, fcfg, workers, bar) -> None:
         # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which turns off glibc's
         # adaptive mmap threshold: every large per-frame array is then mmapped and unmapped
         # again, which cost ~30 % more CPU per frame here. Our workers free all but one frame.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-            cluster = LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+        # The nanny also writes its pre-spawn variables (OMP/MKL/OPENBLAS_NUM_THREADS=1) into this
+        # process's environment; restore it, or every later subprocess of the caller runs one thread.
+        saved = dict(os.environ)
+        try:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                cluster = LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
     try:
         with Client(address or cluster) as client:
             if cluster is not None:  # our own workers end with us (not those of a shared scheduler)

@@ -33,7 +33,8 @@ def cli(run_dir: Path, *extra: str, env: dict | None = None, pythonpath: Path = 
         base: list[str] | None = None) -> subprocess.CompletedProcess:
     """``python -m metaseg_pgn.run`` on the tiny configuration in ``run_dir`` (one CPU thread)."""
     args = (tiny_overrides(run_dir) if base is None else base) + list(extra)
-    full_env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1", **(env or {})}
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # whatever the test process's environment says
+    full_env = {**os.environ, "PYTHONPATH": str(pythonpath), **threads, **(env or {})}
     return subprocess.run([sys.executable, "-m", "metaseg_pgn.run", *args], cwd=pythonpath, env=full_env,
                           capture_output=True, text=True, timeout=600)
 
@@ -230,7 +231,7 @@ def test_batch_size_does_not_change_records_and_threads_are_fingerprinted(base_r
     assert "forced" in err
     assert snapshot(copy) == base_run[1]  # every record recomputed one batch at a time: same bytes
     assert "infer: up to date" in ok(cli(copy, "stage=infer", "infer.batch_size=3"))
-    err = ok(cli(copy, "stage=infer", env={"OMP_NUM_THREADS": "2"}))
+    err = ok(cli(copy, "stage=infer", env={"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}))
     assert "'runtime'" in err and "infer: up to date" not in err
 
 

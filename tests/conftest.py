@@ -75,3 +75,15 @@ def run_cli(*args: str, cwd: Path = REPO, umask: int | None = None, warnings_as_
 def tiny_cfg(tmp_path):
     """A composed configuration of a tiny run in ``tmp_path / 'run'`` (see :func:`tiny_overrides`)."""
     return config_mod.compose(tiny_overrides(tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: extra threads only contend on a shared machine (restored afterwards).
+    Modules use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

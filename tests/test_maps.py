@@ -156,11 +156,9 @@ def test_metaseg_entropy_formula_by_hand():
 
 
 def _metaseg_reference():
-    here = Path(__file__).resolve().parent
-    for folder in (here / "data" / "metaseg", here.parents[1] / "shared" / "reference" / "metaseg"):
-        if (folder / "syn1.npz").is_file():
-            return folder
-    pytest.skip("MetaSeg reference vectors not found (tests/data/metaseg or ../shared/reference/metaseg)")
+    from conftest import REFERENCE_DATA
+
+    return REFERENCE_DATA / "metaseg"
 
 
 E_PAIRS = {"E_mean": "E", "E_in_mean": "E_in", "E_bd_mean": "E_bd", "E_rel": "E_rel", "E_rel_in": "E_rel_in"}

@@ -36,13 +36,7 @@ B, H, W = 2, 6, 7  # feature resolution of the test activations
 UP = 4  # the "input"-resolution models upsample by 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra threads only contend on a shared machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(params=["cpu", "reference"])

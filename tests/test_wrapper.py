@@ -15,13 +15,7 @@ from test_pgn import RTOL, all_pixels, autograd_norms, ours_at, random_bn, sampl
 C = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra threads only contend on a shared machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Net(nn.Module):

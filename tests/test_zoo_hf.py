@@ -16,12 +16,7 @@ from test_pgn import RTOL, autograd_norms, ours_at, sample_pixels  # noqa: E402
 C = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained_statistics(model, seed=0):

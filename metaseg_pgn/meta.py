@@ -896,14 +896,24 @@ def summarise(results: pd.DataFrame, ddof: int = 0) -> pd.DataFrame:
             row["n_features"] = int(g["n_features"].iloc[0])
         for metric in _METRICS:
             for part in ("train", "test"):
-                v = g.loc[g["part"] == part, metric].to_numpy(dtype=np.float64)
-                v = v[~np.isnan(v)]
-                row[f"{metric}_{part}_mean"] = float(v.mean()) if v.size else math.nan
-                row[f"{metric}_{part}_std"] = float(v.std(ddof=ddof)) if v.size > ddof else math.nan
-        notes = g["note"].astype(str) if "note" in g.columns else pd.Series([], dtype=str)
-        row["notes"] = "; ".join(dict.fromkeys(n for n in notes if n))
+                mean_std = nan_mean_std(g.loc[g["part"] == part, metric], ddof)
+                row[f"{metric}_{part}_mean"], row[f"{metric}_{part}_std"] = mean_std
+        row["notes"] = joined_notes(g)
         out.append(row)
     return pd.DataFrame(out)
+
+
+def nan_mean_std(values, ddof: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation over runs, NaN runs left out (NaN where undefined)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return (float(v.mean()) if v.size else math.nan, float(v.std(ddof=ddof)) if v.size > ddof else math.nan)
+
+
+def joined_notes(runs: pd.DataFrame) -> str:
+    """The distinct non-empty ``note`` entries of some runs, joined with "; "."""
+    notes = runs["note"].astype(str) if "note" in runs.columns else pd.Series([], dtype=str)
+    return "; ".join(dict.fromkeys(n for n in notes if n))
 
 
 def _json_records(df: pd.DataFrame) -> list[dict]:

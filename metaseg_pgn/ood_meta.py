@@ -49,7 +49,8 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from .meta import SIZE_COLUMNS, FeatureSet, check_models, fit_quietly, get_feature_set, make_classifier, map_pattern, split_indices
+from .meta import (SIZE_COLUMNS, FeatureSet, check_models, fit_quietly, get_feature_set, joined_notes, make_classifier,
+                   map_pattern, nan_mean_std, split_indices)
 from .metrics.ood import (
     MODES,
     SMIYC_MODES,
@@ -791,11 +792,7 @@ def summarise(results: pd.DataFrame, ddof: int = 0) -> pd.DataFrame:
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         row["n_runs"] = int(g["run"].nunique())
         for c in value_cols:
-            v = g[c].to_numpy(dtype=np.float64)
-            v = v[~np.isnan(v)]
-            row[f"{c}_mean"] = float(v.mean()) if v.size else math.nan
-            row[f"{c}_std"] = float(v.std(ddof=ddof)) if v.size > ddof else math.nan
-        notes = g["note"].astype(str) if "note" in g.columns else pd.Series([], dtype=str)
-        row["notes"] = "; ".join(dict.fromkeys(n for n in notes if n))
+            row[f"{c}_mean"], row[f"{c}_std"] = nan_mean_std(g[c], ddof)
+        row["notes"] = joined_notes(g)
         out.append(row)
     return pd.DataFrame(out)

@@ -40,7 +40,8 @@ from ..names import method_label
 from .pixel_eval import method_names
 
 STAGE = "ood_eval"
-CODE = ("metaseg_pgn.stages.ood_eval", "metaseg_pgn.metrics.ood", "metaseg_pgn.metrics.submission",
+CODE = ("metaseg_pgn.stages.ood_eval", "metaseg_pgn.metrics.ood", "metaseg_pgn.metrics.ood_input",
+        "metaseg_pgn.metrics.ood_pixel", "metaseg_pgn.metrics.ood_components", "metaseg_pgn.metrics.submission",
         "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.names", "metaseg_pgn.stages.pixel_eval")
 
 

@@ -35,7 +35,8 @@ from .ood_eval import track_of
 
 STAGE = "ood_meta"
 CODE = ("metaseg_pgn.stages.ood_meta", "metaseg_pgn.ood_meta", "metaseg_pgn.meta", "metaseg_pgn.segments",
-        "metaseg_pgn.metrics.ood", "metaseg_pgn.store", "metaseg_pgn.maps")
+        "metaseg_pgn.metrics.ood", "metaseg_pgn.metrics.ood_input", "metaseg_pgn.metrics.ood_pixel",
+        "metaseg_pgn.metrics.ood_components", "metaseg_pgn.store", "metaseg_pgn.maps")
 
 
 def plan(ctx: RunContext) -> Plan:

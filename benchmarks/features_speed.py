@@ -11,7 +11,7 @@ Measures, after one warm-up run, the median over ``--repeats`` runs of
   them; the printed ratio channels-last / channels-first comes from these timings of the same run.
 
 MetaSeg's own extractor is not run here, so no speed-up against it is printed: its figure is
-quoted as a reference only (DESIGN.md §3: about 8.9 s per 1024 x 2048 frame with 19 classes, E
+quoted as a reference only (docs/design.md §3: about 8.9 s per 1024 x 2048 frame with 19 classes, E
 and D only, which includes computing E and D; 2.8 s at 512 x 1024; one core of this kind of
 machine, MetaSeg's Cython + Python extractor run unmodified by the design's author). A ratio
 against it would compare timings of different runs under different loads. The frame is synthetic
@@ -37,9 +37,9 @@ from scipy import ndimage  # noqa: E402
 from metaseg_pgn.maps import softmax_maps  # noqa: E402
 from metaseg_pgn.segments import segment_features  # noqa: E402
 
-#: Reference, not measured by this script: MetaSeg's extractor, seconds per frame (DESIGN.md §3).
+#: Reference, not measured by this script: MetaSeg's extractor, seconds per frame (docs/design.md §3).
 METASEG_REFERENCE = ("MetaSeg's own extractor (Cython + Python dicts, E and D, 19 classes, one core of this "
-                     "kind of machine; DESIGN.md §3): about 8.9 s per 1024 x 2048 frame, 2.8 s at 512 x 1024. "
+                     "kind of machine; docs/design.md §3): about 8.9 s per 1024 x 2048 frame, 2.8 s at 512 x 1024. "
                      "Not measured in this run, so no ratio is printed against it.")
 
 

@@ -237,7 +237,7 @@ def run(args) -> dict:
     for name in args.models:
         try:
             model, kw = build(name, device, (min(size[0], 256), min(size[1], 512)))
-        except ImportError as e:  # torchvision does not import on the CPU machines (DESIGN.md §9)
+        except ImportError as e:  # torchvision does not import on the CPU machines (docs/design.md §9)
             print(f"{name}: skipped ({type(e).__name__}: {e})")
             report["skipped"].append({"model": name, "reason": f"{type(e).__name__}: {e}"})
             continue

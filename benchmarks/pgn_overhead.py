@@ -1,4 +1,4 @@
-"""Overhead of the PGN maps relative to the forward pass (the paper's Table 4, DESIGN.md §7).
+"""Overhead of the PGN maps relative to the forward pass (the paper's Table 4, docs/design.md §7).
 
 Measured in one run, interleaved (every variant once per repetition, the order rotated), so that
 slow drifts of a shared machine hit all variants alike. Forward hooks on ``head.classifier`` and

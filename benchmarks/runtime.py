@@ -1,4 +1,4 @@
-"""Seconds per frame of softmax, PGN and MC dropout: the paper's Table 4 (DESIGN.md §7).
+"""Seconds per frame of softmax, PGN and MC dropout: the paper's Table 4 (docs/design.md §7).
 
 Variants, each on one frame (batch 1), everything on the device, nothing copied back:
 
@@ -47,7 +47,7 @@ from metaseg_pgn.wrapper import PGNModel  # noqa: E402
 
 LABELS = ("oh", "uni")
 
-# The paper's Table 4: seconds per 1024 x 2048 frame on a Quadro P6000 (DESIGN.md §7).
+# The paper's Table 4: seconds per 1024 x 2048 frame on a Quadro P6000 (docs/design.md §7).
 PAPER = {
     "WideResNet38": {"softmax": 3.02, "pgn": 3.05, "mcd": 7.52},
     "SE-ResNeXt50": {"softmax": 1.08, "pgn": 1.09, "mcd": 2.31},

@@ -190,7 +190,7 @@ MODELS: dict[str, type] = {"synthetic_compact": ShippedModel, "custom": CustomMo
 
 @dataclass
 class PGNConfig:
-    """PGN maps computed by ``infer`` (DESIGN.md section 1)."""
+    """PGN maps computed by ``infer`` (docs/design.md section 1)."""
 
     ps: List[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 1.0, 2.0])  # the p of the p-norms
     labels: List[Label] = field(default_factory=lambda: [Label.oh, Label.uni])  # one-hot of the prediction, uniform

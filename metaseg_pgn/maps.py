@@ -1,10 +1,10 @@
 """Pixel uncertainty maps computed from softmax probabilities.
 
-Softmax dispersion maps (MetaSeg, DESIGN.md §2):
+Softmax dispersion maps (MetaSeg, docs/design.md §2):
 
 - ``E``: normalised entropy ``-Σ_c s_c log s_c / log C`` (``0·log 0 = 0``), or MetaSeg's own
   convention ``Σ_c s_c log(s_c + ε) / log(1/C)`` with ε = float32 eps = 1.1920929e-07
-  (DESIGN.md §6a): ``entropy="metaseg"``;
+  (docs/design.md §6a): ``entropy="metaseg"``;
 - ``D``: probability margin ``1 - s_(1) + s_(2)``;
 - ``V``: variation ratio ``1 - s_(1)`` (1 - max softmax).
 

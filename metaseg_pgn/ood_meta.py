@@ -1,6 +1,6 @@
 """Segment-level OoD post-processing (Meta-OoD) with softmax and gradient features.
 
-Chan, Rottmann & Gottschalk (ICCV 2021, DESIGN.md §11) threshold a pixel OoD score into candidate
+Chan, Rottmann & Gottschalk (ICCV 2021, docs/design.md §11) threshold a pixel OoD score into candidate
 components, describe each candidate by MetaSeg-style features, train a meta classifier (true OoD
 object or false positive) on held-out frames and remove the candidates it rejects. Here the
 features may come from the softmax (as in Meta-OoD), from the PGN maps, or from both.

@@ -1,6 +1,6 @@
 """What a segmentation model returns → its per-pixel logits (B, C, H, W).
 
-The common zoos return different things (DESIGN.md §9): a tensor (the project's DeepLabV3+), a dict
+The common zoos return different things (docs/design.md §9): a tensor (the project's DeepLabV3+), a dict
 ``{'out', 'aux'}`` (torchvision), a ``ModelOutput`` with ``.logits`` (HuggingFace transformers, a
 dict subclass), a tuple (``return_dict=False``, many research codes). :func:`select_logits` picks the
 logits from any of them, by a default rule or by the user's ``output`` selector, and refuses with the

@@ -1,6 +1,6 @@
 """Pixel-wise gradient norms (PGN) of a segmentation network's last and penultimate convolution.
 
-This module is the specification: a short reference implementation of ``DESIGN.md`` §1 in torch,
+This module is the specification: a short reference implementation of ``docs/design.md`` §1 in torch,
 float64 throughout, which runs on every device other than the CPU (CUDA). On the CPU the public
 functions run the fast path of :mod:`metaseg_pgn.pgn_cpu`, which computes the same maps (tested
 against this reference) with fewer passes over the big tensors.

@@ -1,6 +1,6 @@
 """Connected segments of a prediction, their inner/boundary pixels, MetaSeg's IoU_adj and features.
 
-Definitions (DESIGN.md §3, reproducing MetaSeg's extractor):
+Definitions (docs/design.md §3, reproducing MetaSeg's extractor):
 
 - The prediction is voided (set to ``void``) where the ground truth is ``void``. Segments are the
   8-connected components of each predicted class in the voided prediction, numbered 1, 2, ... in

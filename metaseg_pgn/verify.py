@@ -1,7 +1,7 @@
 """Numerical checks of what the PGN factorisation assumes about a model, on every pixel.
 
 :class:`metaseg_pgn.wrapper.PGNModel` reads a network's activations through forward hooks and
-computes the maps from them (DESIGN.md §1). That is exact only if
+computes the maps from them (docs/design.md §1). That is exact only if
 
 1. the last conv's output ``z`` is ``F.conv2d(ψ, weight, bias)`` of that module's own parameters
    (a ``Conv2d`` subclass whose ``forward`` standardises or normalises the weight, or scales the

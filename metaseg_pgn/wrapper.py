@@ -193,7 +193,7 @@ class PGNModel(nn.Module):
     Notes
     -----
     A parametrised weight (``torch.nn.utils.parametrize``) is read as the effective kernel, so the
-    maps are the gradient norms w.r.t. that kernel (DESIGN.md §1), not w.r.t. the
+    maps are the gradient norms w.r.t. that kernel (docs/design.md §1), not w.r.t. the
     parametrisation's own tensors. A ``Conv2d`` subclass whose ``forward`` transforms its weight
     (weight standardisation, a cosine classifier) is refused: its kernel is not ``weight``.
     """

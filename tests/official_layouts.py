@@ -1,4 +1,4 @@
-"""Tiny datasets written in the OFFICIAL on-disk layouts (DESIGN.md §6), for end-to-end tests.
+"""Tiny datasets written in the OFFICIAL on-disk layouts (docs/design.md §6), for end-to-end tests.
 
 The pixels come from the embedded synthetic world (street scenes with Cityscapes trainIds, OoD
 frames with 0 / 1 / 255), so the model sees plausible images; the files, names, folders and label

@@ -135,7 +135,7 @@ def test_channel_axis_must_fit_the_shape():
 
 
 def test_metaseg_entropy_formula_by_hand():
-    """MetaSeg: E = Σ_c p_c log(p_c + ε) / log(1/C), ε = float32 eps = 2**-23 (DESIGN.md §6a).
+    """MetaSeg: E = Σ_c p_c log(p_c + ε) / log(1/C), ε = float32 eps = 2**-23 (docs/design.md §6a).
 
     Pixel (1, 0, 0, 0): log(1 + ε) / log(1/4) = -log1p(2**-23) / log 4 ≈ -8.6e-8 (the true entropy
     is 0); pixel (1/4, 3/4, 0, 0): (1/4 log(1/4 + ε) + 3/4 log(3/4 + ε)) / log(1/4); uniform

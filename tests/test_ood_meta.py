@@ -1,5 +1,5 @@
 """Tests of metaseg_pgn.ood_meta: candidates, targets, features and the post-processed metrics,
-each recomputed here by loops over pixels written from the definitions (DESIGN.md §3, §6, §11)."""
+each recomputed here by loops over pixels written from the definitions (docs/design.md §3, §6, §11)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -26,6 +27,7 @@ from metaseg_pgn.metrics.submission import (
     BENCHMARK_DATASETS,
     BENCHMARK_FOLDER_NAMES,
     BENCHMARK_FOLDERS,
+    LAF_SPLIT_FOLDER,
     OUR_DATASETS,
     list_frames,
     read_scores,
@@ -187,7 +189,7 @@ def test_component_threshold_is_compared_in_float16():
 # ---------------------------------------------------------------------------- the two versions
 # "smiyc" = the benchmark's pixel metrics now (HEAD 1c7804e), "smiyc2021" = before 2023-08-24
 # (b580f16). The expected values below are derived by hand (in the comments) or by
-# _smiyc_now_independent, a direct transcription of DESIGN.md §6a items 1-4 that bins each pixel
+# _smiyc_now_independent, a direct transcription of docs/design.md §6a items 1-4 that bins each pixel
 # with searchsorted and counts every curve point from scratch (no histogram, no cumsum, no
 # shared code with metaseg_pgn.metrics.ood).
 
@@ -203,7 +205,7 @@ def _smiyc_now_independent(frames, binning="percentiles"):
             if not roi.any():
                 continue
             vmin, vmax = s[roi].min(), s[roi].max()
-            eps = max(0.01 * (vmax - vmin), 0.01)  # DESIGN §6a item 1
+            eps = max(0.01 * (vmax - vmin), 0.01)  # docs/design.md §6a item 1
             edges = {vmin - eps, vmax + eps}
             for v in (pos, neg):
                 if v.size:
@@ -730,3 +732,27 @@ def test_export_uses_the_benchmarks_folders_for_both_tracks(tmp_path):
     assert {"AnomalyTrack-all", "LostAndFound-test", "LostAndFound-train"} <= written
     # not a benchmark dataset: no folder of the benchmark's
     assert submission_folder(type("D", (), {"name": "synthetic_obstacle", "split": "obstacle"})(), "x") is None
+
+
+def test_design_document_states_the_folders_the_export_writes():
+    """docs/design.md §6a's correction table (benchmark dataset → folder read) says what
+    BENCHMARK_FOLDERS does, dataset for dataset, so the document and the export cannot drift."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    table = text.split("| benchmark dataset | folder read |", 1)[1].split("\n>\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("> | `")]
+    documented = {}
+    for row in rows:
+        names_cell, folder_cell = row.split("|")[1:3]
+        names = re.findall(r"`([^`]+)`", names_cell)
+        track = names[0].split("-", 1)[0]  # `-validation` stands for `{track}-validation`
+        folders = re.findall(r"`([^`]+)`", folder_cell)
+        for name in names:
+            documented[track + name if name.startswith("-") else name] = folders
+    assert set(documented) == set(BENCHMARK_FOLDERS)
+    for dataset, folder in BENCHMARK_FOLDERS.items():
+        if folder == LAF_SPLIT_FOLDER:
+            want = [folder.format(laf_split=s) for s in ("train", "test")]
+        else:
+            want = [folder]
+        assert documented[dataset] == want, dataset
+    assert set(sum(documented.values(), [])) == set(BENCHMARK_FOLDER_NAMES)

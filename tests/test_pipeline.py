@@ -356,7 +356,7 @@ def check_meta_results(df: pd.DataFrame, results: pd.DataFrame, protocol: str) -
 
 
 def brute_force_segments(record: dict, maps: dict[str, np.ndarray], probs: np.ndarray) -> list[dict]:
-    """DESIGN.md §3 written as loops: voided prediction, per-class 8-connected components,
+    """docs/design.md §3 written as loops: voided prediction, per-class 8-connected components,
     boundary = an in-image 8-neighbour with another voided prediction, IoU_adj."""
     pred, gt = record["pred"].astype(np.int64), record["label"].astype(np.int64)
     voided = np.where(gt == 255, 255, pred)

@@ -1,6 +1,6 @@
 """The SegmentMeIfYouCan datasets in the layouts the benchmark's own loaders read.
 
-Labels are OoD labels: 0 in-distribution, 1 anomaly / obstacle, 255 void (DESIGN.md section 6).
+Labels are OoD labels: 0 in-distribution, 1 anomaly / obstacle, 255 void (docs/design.md section 6).
 Each dataset also carries
 
 - ``track``: ``"anomaly"`` (RoadAnomaly21, Fishyscapes LAF) or ``"obstacle"`` (RoadObstacle21,

@@ -1,7 +1,7 @@
 """OoD segmentation metrics of SegmentMeIfYouCan (SMIYC), reproduced, and an unbinned variant.
 
 Three modes, named differently in every output so that numbers of one are never mistaken for
-another (DESIGN.md §6 and §6a); every result carries its ``version`` (:data:`VERSIONS`):
+another (docs/design.md §6 and §6a); every result carries its ``version`` (:data:`VERSIONS`):
 
 ``"smiyc"``
     The benchmark's pixel metrics as its code computes them now (road-anomaly-benchmark HEAD
@@ -23,7 +23,7 @@ another (DESIGN.md §6 and §6a); every result carries its ``version`` (:data:`V
     leading points without predictions are dropped, AuPRC is the trapezoid of precision over
     recall without a (0, 1) anchor. **Its AuPRC and AUROC depend on the order of tied
     thresholds** (NumPy version and CPU for the benchmark; ``tie_order`` here): up to 0.019 in
-    AuPRC and 0.052 in FPR95 on tied or saturated scores, ~1e-5 on smooth ones (DESIGN.md §6a).
+    AuPRC and 0.052 in FPR95 on tied or saturated scores, ~1e-5 on smooth ones (docs/design.md §6a).
     Output keys end in ``_smiyc2021`` / ``_smiyc2021_uniform``.
 ``"exact"``
     No rounding, no bins: every distinct score is a threshold (tied scores are one threshold).

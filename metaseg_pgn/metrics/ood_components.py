@@ -1,6 +1,6 @@
 """Component-level OoD metrics of SegmentMeIfYouCan: sIoU, PPV and component F1 per frame and per split.
 
-Definitions, modes and output keys: :mod:`metaseg_pgn.metrics.ood` (DESIGN.md §6).
+Definitions, modes and output keys: :mod:`metaseg_pgn.metrics.ood` (docs/design.md §6).
 """
 
 from __future__ import annotations

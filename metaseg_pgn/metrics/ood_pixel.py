@@ -1,6 +1,6 @@
 """Pixel-level OoD metrics: the benchmark's per-frame bins, its curves (now and 2021), the unbinned curve.
 
-Definitions, modes and output keys: :mod:`metaseg_pgn.metrics.ood` (DESIGN.md §6 and §6a).
+Definitions, modes and output keys: :mod:`metaseg_pgn.metrics.ood` (docs/design.md §6 and §6a).
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def smiyc2021_curve_from_frames(
       own call. NumPy's default sort is not stable and its tie order depends on the NumPy
       version and the CPU's SIMD sort (NumPy 1.26 reproduces the benchmark under its pinned
       NumPy 1.23 bit for bit; NumPy 2.x moves AuPRC by up to 0.019 and FPR95 by up to 0.052 on
-      tied or saturated scores, ~1e-5 on smooth ones; DESIGN.md §6a).
+      tied or saturated scores, ~1e-5 on smooth ones; docs/design.md §6a).
     - ``tie_order="stable"``: ties in frame order (platform independent, still order dependent).
 
     Leading points without any predicted pixel are dropped.

@@ -37,7 +37,7 @@ from metaseg_pgn.paths import plain_name
 DATASET = "value"
 SUFFIX = ".hdf5"
 
-#: The benchmark's dataset names (DESIGN.md §6a; ``night`` and ``snowstorm`` are further
+#: The benchmark's dataset names (docs/design.md §6a; ``night`` and ``snowstorm`` are further
 #: ObstacleTrack splits of its registry).
 BENCHMARK_DATASETS: tuple[str, ...] = (
     "AnomalyTrack-all", "AnomalyTrack-validation", "AnomalyTrack-test",

@@ -14,7 +14,7 @@ command that adds it) and writes into ``<run_dir>/report/``:
 The page holds no date and no absolute path: the same upstream outputs give the same Markdown and
 HTML bytes (the PNGs are written without version metadata). Every number in a table is read from
 ``meta_summary.csv``, ``pixel_eval.csv`` or ``ood_eval.csv`` and only formatted here; published
-values (DESIGN.md §4–§6) appear beside them as context, never mixed into our tables.
+values (docs/design.md §4–§6) appear beside them as context, never mixed into our tables.
 """
 
 from __future__ import annotations

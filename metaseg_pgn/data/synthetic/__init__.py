@@ -14,7 +14,7 @@ sidewalk vs. road, overcast sky vs. grey facades, thin far poles, see-through me
 small network makes realistic mistakes. An ego-vehicle bonnet at the bottom and a few unlabelled
 street objects (bins, bollards) are void (255), as in Cityscapes.
 
-The OoD tracks follow SegmentMeIfYouCan's conventions (``DESIGN.md`` section 6):
+The OoD tracks follow SegmentMeIfYouCan's conventions (``docs/design.md`` section 6):
 
 - ``obstacle``: unknown objects lying on the road; label road = 0, object = 1, everything else 255.
 - ``anomaly``: unknown objects anywhere (often large); object = 1, rest 0, void 255 where the scene

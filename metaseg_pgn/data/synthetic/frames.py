@@ -97,7 +97,7 @@ def generate_frame(seed: int, split: str, index: int, size: tuple[int, int] = DE
 
 
 def smiyc_label(track: str, semantic: np.ndarray, objects: np.ndarray) -> np.ndarray:
-    """SegmentMeIfYouCan's label of an OoD frame (DESIGN.md section 6).
+    """SegmentMeIfYouCan's label of an OoD frame (docs/design.md section 6).
 
     Parameters
     ----------

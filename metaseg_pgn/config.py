@@ -1,17 +1,18 @@
 """Configuration: Hydra structured configs, shipped inside the package.
 
-Every section of a run's configuration is a dataclass below, stored in Hydra's ConfigStore, so an
-unknown key or a value of the wrong type is an error naming the key. The YAML files in
-``metaseg_pgn/conf`` choose the options: ``config.yaml`` (the primary config), the config groups
-``pipeline/`` (synthetic, cityscapes, smiyc), ``dataset/`` and ``model/``. A user's own config
-folder joins through Hydra's search path (``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``).
+Every section of a run's configuration is a dataclass of :mod:`metaseg_pgn.config_schema`, stored
+in Hydra's ConfigStore (:func:`register_configs`), so an unknown key or a value of the wrong type
+is an error naming the key. The YAML files in ``metaseg_pgn/conf`` choose the options:
+``config.yaml`` (the primary config), the config groups ``pipeline/`` (synthetic, cityscapes,
+smiyc), ``dataset/`` and ``model/``. A user's own config folder joins through Hydra's search
+path (``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``).
 
 The stages receive the composed configuration as a plain nested ``dict`` (see :func:`compose`).
 docs/configuration.md lists every key; it is generated from these dataclasses
 (``python -m metaseg_pgn.config_doc``).
 
-The schema is in :mod:`metaseg_pgn.config_schema`, the checks beyond types and the one-line errors
-in :mod:`metaseg_pgn.config_check`; this module composes (Hydra) and re-exports their names.
+What the types cannot check, and Hydra's errors as one line, are in :mod:`metaseg_pgn.config_check`;
+this module composes (Hydra) and re-exports the public names of both.
 """
 
 from __future__ import annotations

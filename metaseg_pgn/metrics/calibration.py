@@ -35,13 +35,6 @@ DEFAULT_FRACTIONS: np.ndarray = np.arange(0, 1, 0.01)
 # --------------------------------------------------------------------------------------------
 
 
-def _as_1d(x, name: str, dtype=None) -> np.ndarray:
-    a = np.asarray(x)
-    if dtype is not None:
-        a = a.astype(dtype, copy=False)
-    return a.ravel()
-
-
 def _check_finite(a: np.ndarray, name: str) -> None:
     if not np.all(np.isfinite(a)):
         n = int(np.count_nonzero(~np.isfinite(a)))
@@ -64,6 +57,31 @@ def _valid_mask(valid, shape, name: str = "valid") -> np.ndarray | None:
     return v
 
 
+def _valid_pixels(valid, **arrays) -> list[np.ndarray]:
+    """The per-pixel ``arrays`` (all of the first one's shape) at the ``valid`` pixels, flattened.
+
+    Parameters
+    ----------
+    valid : array_like of bool or None
+        Pixels to keep, of the arrays' shape; None keeps every pixel.
+    **arrays : array_like
+        Name (used in the error messages) -> values, any shape, all the same shape.
+
+    Returns
+    -------
+    list of ndarray, shape (N,)
+        The arrays in the order given, dtypes kept.
+    """
+    names = list(arrays)
+    values = [np.asarray(a) for a in arrays.values()]
+    for name, a in zip(names[1:], values[1:]):
+        _check_same_size(values[0], a, names[0], name)
+    v = _valid_mask(valid, values[0].shape)
+    if v is not None:
+        values = [a[v] for a in values]
+    return [a.ravel() for a in values]
+
+
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     trap = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
     return float(trap(y, x))
@@ -82,14 +100,8 @@ def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def _prepare_confidence(confidence, correct, valid=None):
-    conf = np.asarray(confidence)
-    corr = np.asarray(correct)
-    _check_same_size(conf, corr, "confidence", "correct")
-    v = _valid_mask(valid, conf.shape)
-    if v is not None:
-        conf, corr = conf[v], corr[v]
-    conf = conf.astype(np.float64).ravel()
-    corr = corr.ravel()
+    conf, corr = _valid_pixels(valid, confidence=confidence, correct=correct)
+    conf = conf.astype(np.float64)
     if corr.dtype != bool:
         if not np.all((corr == 0) | (corr == 1)):
             raise ValueError("correct must be boolean or 0/1")
@@ -318,19 +330,14 @@ def _n_removed(fractions: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(k, n - 1)  # always keep at least one pixel
 
 
-def _prepare_pairs(uncertainty, error, valid=None):
-    u = np.asarray(uncertainty)
-    e = np.asarray(error)
-    _check_same_size(u, e, "uncertainty", "error")
-    v = _valid_mask(valid, u.shape)
-    if v is not None:
-        u, e = u[v], e[v]
-    u, e = u.ravel(), e.ravel()
-    _check_finite(u, "uncertainty")
-    _check_finite(e, "error")
-    if u.size == 0:
+def _sparsification_input(valid=None, **arrays) -> list[np.ndarray]:
+    """:func:`_valid_pixels`, each checked finite, at least one pixel."""
+    values = _valid_pixels(valid, **arrays)
+    for name, a in zip(arrays, values):
+        _check_finite(a, name)
+    if values[0].size == 0:
         raise ValueError("no pixel to evaluate: the sparsification curve is undefined")
-    return u, e
+    return values
 
 
 def _curve_by_order(error: np.ndarray, order: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -363,7 +370,7 @@ def sparsification_curve(
         (at most N − 1). Ties in uncertainty: the earlier pixel is removed first.
     """
     f = _check_fractions(fractions)
-    u, e = _prepare_pairs(uncertainty, error, valid)
+    u, e = _sparsification_input(valid, uncertainty=uncertainty, error=error)
     order = np.argsort(-u.astype(np.float64), kind="stable")
     return _curve_by_order(e, order, f)
 
@@ -374,14 +381,7 @@ def oracle_curve(error, fractions=DEFAULT_FRACTIONS, valid=None) -> np.ndarray:
     Parameters and result as :func:`sparsification_curve` (ties do not change the values).
     """
     f = _check_fractions(fractions)
-    e = np.asarray(error)
-    v = _valid_mask(valid, e.shape)
-    if v is not None:
-        e = e[v]
-    e = e.ravel()
-    _check_finite(e, "error")
-    if e.size == 0:
-        raise ValueError("no pixel to evaluate: the sparsification curve is undefined")
+    (e,) = _sparsification_input(valid, error=error)
     order = np.argsort(-e.astype(np.float64), kind="stable")
     return _curve_by_order(e, order, f)
 
@@ -409,7 +409,7 @@ def ause(
         nothing to sort and AuSE is undefined: NaN (curves of zeros), never a perfect 0.
     """
     f = _check_fractions(fractions)
-    u, e = _prepare_pairs(uncertainty, error, valid)
+    u, e = _sparsification_input(valid, uncertainty=uncertainty, error=error)
     if np.any(e < 0):
         raise ValueError("error must be non-negative")
     curve = _curve_by_order(e, np.argsort(-u.astype(np.float64), kind="stable"), f)
@@ -486,7 +486,7 @@ class AuSE:
 
     def update(self, uncertainty, error, valid=None) -> None:
         """Add one frame: ``uncertainty`` and ``error`` (H, W), ``valid`` (H, W) bool."""
-        u, e = _prepare_pairs(uncertainty, error, valid)
+        u, e = _sparsification_input(valid, uncertainty=uncertainty, error=error)
         if np.any(e < 0):
             raise ValueError("error must be non-negative")
         if self.max_pixels_per_frame is not None and u.size > self.max_pixels_per_frame:

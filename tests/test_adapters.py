@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from metaseg_pgn.data.base import DataError, Frame, SegmentationDataset, check_label_size
+from metaseg_pgn.data.base import DataError, Frame, SegmentationDataset, check_label_size, relabel
 from metaseg_pgn.data.cityscapes import Cityscapes
 from metaseg_pgn.data.folder import ImageFolder, expand_pattern
 from metaseg_pgn.data.io import read_image, read_label
@@ -172,6 +172,16 @@ def test_check_label_size_names_both_files_and_sizes():
     msg = str(err.value)
     assert "img.png" in msg and "lab.png" in msg and "8x6" in msg and "8x5" in msg
     check_label_size(np.zeros((6, 8, 3)), np.zeros((6, 8)), Path("img.png"), Path("lab.png"))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64])
+def test_relabel_every_id_and_out_of_range_values(dtype):
+    mapping = {0: 3, 7: 0, 200: 1, 255: 9}
+    ids = np.arange(256) if dtype == np.uint8 else np.arange(-300, 600)
+    got = relabel(ids.astype(dtype).reshape(-1, 4), mapping, default=250)
+    expected = [mapping.get(int(v), 250) if 0 <= v <= 255 else 250 for v in ids]
+    assert got.dtype == np.uint8 and got.shape == (ids.size // 4, 4)
+    assert got.ravel().tolist() == expected
 
 
 # --------------------------------------------------------------------------------------------------

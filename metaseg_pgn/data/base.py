@@ -2,7 +2,8 @@
 
 Besides the interface (:class:`Frame`, :class:`SegmentationDataset`, :class:`DataError`) this
 module holds what the file-based adapters share: the checks every label goes through
-(:func:`check_label_size`, :func:`check_label_values`), the listing of a dataset folder
+(:func:`check_label_size`, :func:`check_label_values`), the mapping of stored label ids to ours
+(:func:`relabel`), the listing of a dataset folder
 (:func:`list_files`) and :class:`FileDataset`, a dataset over a fixed table of image and label
 files.
 """
@@ -123,6 +124,35 @@ def check_label_values(label: np.ndarray, allowed: Iterable[int], path: Path, wh
         shown = ", ".join(str(int(v)) for v in bad[:20]) + (", ..." if bad.size > 20 else "")
         expected = what or _describe_values(allowed)
         raise DataError(f"{path}: label values [{shown}] are outside the expected set ({expected})")
+
+
+def relabel(ids, mapping: Mapping[int, int], default: int = 255) -> np.ndarray:
+    """Map stored 8-bit label ids through a table: ``mapping[id]`` where listed, else ``default``.
+
+    Parameters
+    ----------
+    ids : array_like, integer, any shape
+        The ids as stored (:func:`metaseg_pgn.data.io.read_label` gives uint8); a value outside
+        0..255 maps to ``default``.
+    mapping : mapping of int to int
+        Stored id (0..255) -> our label (0..255).
+    default : int
+        The label of every id not in ``mapping`` (255: void).
+
+    Returns
+    -------
+    ndarray, same shape as ``ids``, uint8
+    """
+    lut = np.full(256, default, dtype=np.uint8)
+    for stored, ours in mapping.items():
+        lut[stored] = ours
+    ids = np.asarray(ids)
+    if ids.dtype == np.uint8:
+        return lut[ids]
+    ids = ids.astype(np.int64)
+    out = lut[ids.clip(0, 255)]
+    out[(ids < 0) | (ids > 255)] = default
+    return out
 
 
 def _describe_values(values: np.ndarray) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from metaseg_pgn.data.base import relabel
+
 VOID = 255
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -61,7 +63,4 @@ def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (H, W), uint8
     """
-    lut = np.full(256, VOID, dtype=np.uint8)
-    for label_id, train_id in LABEL_ID_TO_TRAIN_ID.items():
-        lut[label_id] = train_id
-    return lut[np.asarray(label_ids, dtype=np.int64).clip(0, 255)]
+    return relabel(label_ids, LABEL_ID_TO_TRAIN_ID, VOID)

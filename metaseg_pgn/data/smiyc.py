@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from metaseg_pgn.data.base import DataError, FileDataset, FrameFiles, list_files
+from metaseg_pgn.data.base import DataError, FileDataset, FrameFiles, list_files, relabel
 from metaseg_pgn.metrics.submission import benchmark_dataset
 
 SEMANTIC_LABEL_SUFFIX = "_labels_semantic.png"
@@ -191,6 +191,10 @@ INVALID_FRAME_INDICES: dict[str, tuple[int, ...]] = {
 LAF_SPLIT_SIZES = {"test": 1203, "train": 1036}
 
 
+#: LostAndFound gtCoarse labelIds -> OoD labels (every other id is void).
+LAF_TO_OOD: dict[int, int] = {1: 0, **dict.fromkeys(range(2, 201), 1)}
+
+
 def laf_label_to_ood(raw: np.ndarray) -> np.ndarray:
     """LostAndFound gtCoarse labelIds → OoD labels: 1 (free space) → 0, 2..200 → 1, else 255.
 
@@ -202,10 +206,7 @@ def laf_label_to_ood(raw: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (H, W), uint8
     """
-    lut = np.full(256, 255, dtype=np.uint8)
-    lut[1] = 0
-    lut[2:201] = 1
-    return lut[np.asarray(raw, dtype=np.uint8)]
+    return relabel(raw, LAF_TO_OOD)
 
 
 def _laf_images(image_dir: Path) -> dict[str, Path]:

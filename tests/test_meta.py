@@ -134,6 +134,26 @@ def test_custom_patterns_exclude_and_errors(table):
     assert meta.get_feature_set("metaseg").columns(no_pgn)  # still fine
 
 
+def test_selection_is_re_fullmatch_in_table_order_on_awkward_names():
+    """FeatureSet.select against a plain loop of re.fullmatch over the names (written here)."""
+    import re
+
+    names = ["E_mean", "E_mean\n", "xE_mean", 3, None, "E_var", "iou", "iou0", "centroid_q", "E_MEAN", "pgn_a_p2",
+             "S", "S_in", "segment_id", "E_rel"]
+    sets = [meta.FeatureSet("a", ("E_.*", "S"), exclude=("E_var",)),
+            meta.FeatureSet("b", ("(?i)e_mean", "pgn_(a|b)_p\\d")),
+            meta.FeatureSet("c", (".*",), exclude=("S.*", "E_(mean|rel)"))]
+    never = ("dataset", "split", "frame_id", "segment_id", "pred_class", "iou", "iou0")
+    for fs in sets:
+        ref = [c for c in names if isinstance(c, str) and c not in never and not c.startswith("centroid_")
+               and any(re.fullmatch(p, c) for p in fs.include) and not any(re.fullmatch(p, c) for p in fs.exclude)]
+        assert fs.select(names) == ref
+    # by hand: "." does not match the newline, (?i) ignores case, identity and targets never
+    assert sets[0].select(names) == ["E_mean", "E_MEAN", "S", "E_rel"]
+    assert sets[1].select(names) == ["E_mean", "E_MEAN", "pgn_a_p2"]
+    assert sets[2].select(names) == ["xE_mean", "E_var", "E_MEAN", "pgn_a_p2"]
+
+
 # ------------------------------------------------------------------------------------------------
 # split protocols
 
@@ -172,6 +192,28 @@ def test_per_segment_protocols_match_train_test_split(table, protocol, runs, fra
         ref_train, ref_test = train_test_split(table, test_size=frac, random_state=r)
         np.testing.assert_array_equal(train, ref_train.index.to_numpy())
         np.testing.assert_array_equal(test, ref_test.index.to_numpy())
+
+
+@pytest.mark.parametrize("protocol, runs, frac", [("grouped", 5, 0.2), ("pgn_authors", 5, 0.2), ("metaseg", 10, 0.5)])
+def test_splits_are_numpys_seeded_permutations(table, protocol, runs, frac):
+    """Run r is numpy's RandomState(seed + r) permutation of the segments (of the images when grouped), the
+    first ceil(frac * n) of it the test part: the anchors' seeds and indices, written without scikit-learn."""
+    seed = 3
+    images = pd.factorize(table["frame_id"], sort=True)[0]  # one dataset and split: images by frame_id
+    splits = list(meta.split_indices(table, protocol, seed=seed))
+    assert len(splits) == runs
+    for r, (train, test) in enumerate(splits):
+        rng = np.random.RandomState(seed + r)
+        if protocol == "grouped":
+            perm = rng.permutation(images.max() + 1)
+            k = math.ceil(frac * perm.size)
+            ref_test, ref_train = np.flatnonzero(np.isin(images, perm[:k])), np.flatnonzero(np.isin(images, perm[k:]))
+        else:
+            perm = rng.permutation(len(table))
+            k = math.ceil(frac * perm.size)
+            ref_test, ref_train = perm[:k], perm[k:]
+        np.testing.assert_array_equal(test, ref_test)
+        np.testing.assert_array_equal(train, ref_train)
 
 
 def test_unknown_protocol_and_single_frame(table):
@@ -304,12 +346,15 @@ def test_default_feature_sets_are_the_available_ones(table):
     assert list(dict.fromkeys(results["feature_set"])) == ["metaseg", "entropy", "max_softmax"]
 
 
-def test_evaluate_is_deterministic_by_seed(table):
-    a = meta.evaluate(table, ["entropy"], n_runs=2, seed=11)
-    b = meta.evaluate(table, ["entropy"], n_runs=2, seed=11)
-    c = meta.evaluate(table, ["entropy"], n_runs=2, seed=12)
-    pd.testing.assert_frame_equal(a, b)
-    assert not np.array_equal(a["auroc"].to_numpy(), c["auroc"].to_numpy())
+@pytest.mark.parametrize("model", ["linear", "gbt"])
+def test_run_r_is_seeded_with_seed_plus_r(table, model):
+    """Run 1 of seed 11 is run 0 of seed 12 (split and model seeds), and run 0 differs between them."""
+    a = meta.evaluate(table, ["entropy"], n_runs=2, seed=11, models=[model])
+    b = meta.evaluate(table, ["entropy"], n_runs=2, seed=12, models=[model])
+    metrics = ["n_segments", "n_frames", "iou0_rate", "auroc", "accuracy", "r2", "sigma"]
+    run = lambda res, r: res.loc[res["run"] == r, metrics].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(run(a, 1), run(b, 0))
+    assert not np.array_equal(run(a, 0)["auroc"].to_numpy(), run(b, 0)["auroc"].to_numpy())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -672,9 +672,18 @@ def test_stage_leaves_out_frames_without_label(tiny_stage, tmp_path):
 
 def test_two_pass_scores_of_large_datasets_give_the_same_results(world, monkeypatch):
     settings = ood_meta.OoDMetaSettings(scores=("V", "pgn_last_uni_p0_5"), feature_sets=("pgn",), n_runs=1, seed=3)
-    one = ood_meta.evaluate_dataset(list(world), loader(world), "obstacle", settings)
-    monkeypatch.setattr(ood_meta, "RAW_SCORES_BYTES", 1)  # every dataset is "too large": read twice
-    two = ood_meta.evaluate_dataset(list(world), loader(world), "obstacle", settings)
+    reads = []
+
+    def counted(fid):
+        reads.append(fid)
+        return loader(world)(fid)
+
+    one = ood_meta.evaluate_dataset(list(world), counted, "obstacle", settings)
+    assert len(reads) == 2 * len(world)  # scores, then candidates
+    monkeypatch.setattr(ood_meta.evaluation, "RAW_SCORES_BYTES", 1)  # every dataset is "too large": read twice
+    reads.clear()
+    two = ood_meta.evaluate_dataset(list(world), counted, "obstacle", settings)
+    assert len(reads) == 3 * len(world)  # maxima, scaled scores, candidates
     pd.testing.assert_frame_equal(one["results"], two["results"])
     pd.testing.assert_frame_equal(one["predictions"], two["predictions"])
     assert one["info"] == two["info"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from metaseg_pgn.data.synthetic import SyntheticStreets
+from metaseg_pgn.metrics.segmentation import ConfusionMatrix
 from metaseg_pgn.models.pretrained import (
     WEIGHTS_DIR,
     available_seeds,
@@ -18,7 +19,6 @@ from metaseg_pgn.models.pretrained import (
     pretrained_record,
     weights_path,
 )
-from metaseg_pgn.stages.train import confusion_matrix, iou_per_class, miou
 
 NAME = "synthetic_compact"
 SEEDS = available_seeds(NAME)
@@ -42,14 +42,15 @@ def test_confusion_matrix_and_miou_match_direct_counting():
     gt[rng.random(gt.shape) < 0.1] = 255
     pred = np.where(rng.random(gt.shape) < 0.7, gt, rng.integers(0, 6, gt.shape)).astype(np.uint8)
     pred[gt == 255] = rng.integers(0, 6, int((gt == 255).sum()))
-    cm = confusion_matrix(pred, gt, 19)
-    assert cm.sum() == (gt != 255).sum()
+    cm = ConfusionMatrix(19)  # what train's val mIoU is measured with, fed a batch (N, H, W)
+    cm.update(pred, gt)
+    assert cm.matrix.sum() == (gt != 255).sum()
     for g in range(6):
         for p in range(6):
-            assert cm[g, p] == np.sum((gt == g) & (pred == p))
+            assert cm.matrix[g, p] == np.sum((gt == g) & (pred == p))
     ref = reference_iou(pred, gt)
-    np.testing.assert_allclose(iou_per_class(cm), ref, equal_nan=True)
-    assert miou(cm) == pytest.approx(np.nanmean(ref))
+    np.testing.assert_allclose(cm.iou(), ref, equal_nan=True)
+    assert cm.miou() == pytest.approx(np.nanmean(ref))
 
 
 def test_weights_are_shipped_small_and_recorded():

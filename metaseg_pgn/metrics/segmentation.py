@@ -36,7 +36,8 @@ class ConfusionMatrix:
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)  # [gt, pred]
 
     def update(self, pred, label) -> None:
-        """Add one frame: ``pred`` and ``label`` (H, W) integer class ids (``label`` may be void).
+        """Add frames: ``pred`` and ``label`` integer class ids of one shape, one frame (H, W) or a
+        batch (N, H, W); ``label`` may be void.
 
         Raises
         ------

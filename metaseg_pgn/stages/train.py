@@ -39,10 +39,11 @@ from tqdm import tqdm
 from ..data.palette import CLASS_NAMES, NUM_CLASSES, VOID
 from ..data.synthetic import SyntheticStreets
 from ..io import atomic_write, write_json
+from ..metrics.segmentation import ConfusionMatrix
 from ..models.deeplab import build_model
 from ..models.loader import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["TRAIN_DEFAULTS", "train", "run", "confusion_matrix", "iou_per_class", "miou", "evaluate"]
+__all__ = ["TRAIN_DEFAULTS", "train", "run", "evaluate"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 
@@ -61,53 +62,6 @@ def _train_defaults() -> dict[str, Any]:
 TRAIN_DEFAULTS: dict[str, Any] = _train_defaults()
 
 
-# --------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------
-
-
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int = NUM_CLASSES,
-                     ignore_index: int = VOID) -> np.ndarray:
-    """Confusion matrix ``cm[g, p]`` = number of pixels with ground truth g predicted as p.
-
-    Parameters
-    ----------
-    pred, gt : ndarray, same shape, integer
-        Predicted and true class ids; pixels whose ``gt`` is ``ignore_index`` (or outside
-        ``0..num_classes-1``) are left out.
-    num_classes : int
-    ignore_index : int
-
-    Returns
-    -------
-    ndarray, shape (num_classes, num_classes), int64
-    """
-    pred = np.asarray(pred).ravel().astype(np.int64)
-    gt = np.asarray(gt).ravel().astype(np.int64)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred and gt differ in size: {pred.shape} vs {gt.shape}")
-    keep = (gt != ignore_index) & (gt >= 0) & (gt < num_classes)
-    pred, gt = pred[keep], gt[keep]
-    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
-        raise ValueError(f"predictions outside 0..{num_classes - 1}")
-    return np.bincount(gt * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def iou_per_class(cm: np.ndarray) -> np.ndarray:
-    """IoU per class ``TP / (TP + FP + FN)`` from a confusion matrix; NaN where the union is empty."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-
-
-def miou(cm: np.ndarray) -> float:
-    """Mean IoU over the classes that occur in the ground truth or the prediction (non-empty union)."""
-    iou = iou_per_class(cm)
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-
-
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray | Sequence[np.ndarray], *, batch_size: int = 8,
             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -124,12 +78,15 @@ def predict(model: torch.nn.Module, images: np.ndarray | Sequence[np.ndarray], *
 
 def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 8,
              mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-             num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Confusion matrix of ``model`` on frames (N, H, W, 3) uint8 with labels (N, H, W)."""
-    cm = np.zeros((num_classes, num_classes), np.int64)
+             num_classes: int = NUM_CLASSES) -> ConfusionMatrix:
+    """Confusion matrix of ``model`` on frames (N, H, W, 3) uint8 with labels (N, H, W), void left out.
+
+    Its :meth:`~metaseg_pgn.metrics.segmentation.ConfusionMatrix.miou` is the val mIoU of the log and record.
+    """
+    cm = ConfusionMatrix(num_classes, VOID)
     for i in range(0, len(images), batch_size):
-        pred = predict(model, images[i:i + batch_size], batch_size=batch_size, mean=mean, std=std)
-        cm += confusion_matrix(pred, labels[i:i + batch_size], num_classes)
+        cm.update(predict(model, images[i:i + batch_size], batch_size=batch_size, mean=mean, std=std),
+                  labels[i:i + batch_size])
     return cm
 
 
@@ -241,8 +198,8 @@ def _state_bytes(model: torch.nn.Module, half: bool) -> tuple[bytes, dict]:
     return buf.getvalue(), state
 
 
-def _iou_dict(cm: np.ndarray) -> dict[str, float | None]:
-    iou = iou_per_class(cm)
+def _iou_dict(cm: ConfusionMatrix) -> dict[str, float | None]:
+    iou = cm.iou()
     return {name: (None if not np.isfinite(v) else round(float(v), 6)) for name, v in zip(CLASS_NAMES, iou)}
 
 
@@ -334,7 +291,7 @@ def train(config: dict | None = None) -> dict:
                 n = int(cfg["n_val_during"])
                 cm = evaluate(model, val_x[:n], val_y[:n], mean=mean, std=std)
                 eval_seconds += time.time() - te
-                log({"iter": it + 1, "val_miou": round(miou(cm), 5), "val_frames": n})
+                log({"iter": it + 1, "val_miou": round(cm.miou(), 5), "val_frames": n})
         train_seconds = time.time() - t0 - eval_seconds
 
         if cfg["logit_adjust"] and cfg["class_weights"] is not None:
@@ -348,7 +305,7 @@ def train(config: dict | None = None) -> dict:
         te = time.time()
         cm = evaluate(model, val_x, val_y, mean=mean, std=std)
         eval_seconds += time.time() - te
-        val_miou = miou(cm)
+        val_miou = cm.miou()
         log({"iter": int(cfg["iterations"]), "val_miou": round(val_miou, 5), "val_frames": len(val_x), "final": True})
     finally:
         log_f.close()

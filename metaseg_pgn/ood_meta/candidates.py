@@ -1,11 +1,8 @@
-"""OoD candidates of one frame: the thresholded score's components, and what is kept of them.
+"""OoD candidates of one frame, and what the post-processing keeps of them.
 
-*Candidates* of one frame are the 8-connected components of ``score > threshold`` (strict; in
-``smiyc`` mode the float16-rounded score against the float16 threshold, as the benchmark compares)
-with void pixels (label 255) set to 0 first, components of fewer than ``min_pred_size`` pixels
-removed (50 px obstacle track, 500 px anomaly track). Ids 1..n in raster order of each
-candidate's first pixel. A post-processed prediction (the kept candidates) is evaluated exactly as
-a thresholded score map is (:func:`mask_components`).
+The definition of a candidate (the thresholded score's components after the track's size filter)
+is in the :mod:`metaseg_pgn.ood_meta` docstring. A post-processed prediction, the kept candidates,
+is evaluated exactly as a thresholded score map is (:func:`mask_components`).
 """
 
 from __future__ import annotations

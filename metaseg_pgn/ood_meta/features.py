@@ -1,16 +1,9 @@
 """Targets and features of OoD candidates, and the feature sets of the post-processing.
 
-- *Features* of a candidate: :func:`metaseg_pgn.segments.segment_features` on the candidate map
-  (candidates as segments of one class, everything else void): sizes ``S, S_in, S_bd, S_rel,
-  S_rel_in``, the ten statistics of every pixel map (mean and variance over the candidate, its
-  inner part and its boundary, and the relative ones), the mean class probabilities ``cprob_c``.
-  A candidate pixel is a boundary pixel when an in-image 8-neighbour is not in the candidate.
-- *Target* of a candidate: its PPV as the benchmark counts it, the fraction of its pixels covered
-  by ground-truth OoD components (counted outside void; ground-truth components of fewer than
-  ``min_gt_size`` pixels are void, 10 px obstacle, 100 px anomaly). A candidate with no pixel
-  outside void is not counted by the benchmark (``counted`` False, ``ppv`` NaN) and is left out
-  of fitting and scoring. ``fp = ppv < fp_below`` (default 0.5: a false positive at more than half
-  of the benchmark's thresholds t = 0.25 … 0.75) is the positive class of the meta classifier.
+*Features* (MetaSeg-style, per candidate) and *target* (the benchmark's PPV, ``fp = ppv <
+fp_below``) are defined in the :mod:`metaseg_pgn.ood_meta` docstring. The ``*_arrays`` functions
+return the columns as arrays, for :func:`metaseg_pgn.ood_meta.evaluate_dataset`, which collects
+thousands of candidates before it builds one table.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""The protocol of the post-processing: frame splits per run and best-F1 thresholds.
-
-Run r splits the frames of a dataset with ``GroupShuffleSplit(test_size, random_state=seed + r)``
-by frame (no frame on both sides) into fitting and evaluation frames; the threshold (default: the
-pixel-level best-F1 threshold of the score on the fitting frames, in the chosen mode) sees the
-fitting frames only.
+"""The protocol of the post-processing: frame splits per run and pixel best-F1 thresholds
+(see *Protocol* in the :mod:`metaseg_pgn.ood_meta` docstring).
 """
 
 from __future__ import annotations

@@ -291,9 +291,10 @@ def _run_results(data: _Dataset, table: pd.DataFrame, sets: list[FeatureSet], co
     tab = table[(table["score"] == score).to_numpy() & (table["run"] == run).to_numpy()]
     fit_rows = tab[(tab["part"] == "fit").to_numpy() & tab["counted"].to_numpy()]
     eval_rows = tab[(tab["part"] == "eval").to_numpy()]
+    min_size = track_sizes(data.track)["min_pred_size"]
     cands = {i: extract_candidates(data.scores[score][i], data.labels[i], data.thresholds[score][run],
-                                   min_pred_size=track_sizes(data.track)["min_pred_size"], float16=s.float16,
-                                   frame_id=data.frame_ids[i])[0] for i in ev}
+                                   min_pred_size=min_size, float16=s.float16, frame_id=data.frame_ids[i])[0]
+             for i in ev}
     base = {"score": score, "run": run, "threshold": data.thresholds[score][run], "n_fit_frames": len(fit),
             "n_eval_frames": len(ev), "n_fit_candidates": len(fit_rows),
             "fp_rate_fit": float(fit_rows["fp"].astype(bool).mean()) if len(fit_rows) else math.nan,

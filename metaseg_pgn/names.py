@@ -18,3 +18,9 @@ def method_label(method: str) -> str:
         text = f"PGN {'one-hot' if label == 'oh' else 'uniform'}, p = {p.replace('_', '.')}"
         return text + (" (deeper layer)" if layer == "deep" else "")
     return method
+
+
+def method_names(record) -> list[str]:
+    """The score maps of a record (:class:`metaseg_pgn.store.Record`) that the evaluations compare,
+    in table order: max softmax ``V``, entropy ``E``, the sampling baselines, the PGN maps."""
+    return ["V", "E", *record.baseline_names, *record.pgn_names]

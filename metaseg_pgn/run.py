@@ -127,6 +127,8 @@ def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from .data.base import DataError
+    from .distributed import DistributedError
+    from .frame_files import FrameFileError
     from .models.loader import ModelError
     from .stages.common import StageError
     from .store import RecordError
@@ -138,7 +140,8 @@ def _task(cfg) -> None:
         if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
             plain["run_dir"] = os.path.join(hydra_cfg.sweep.dir, hydra_cfg.sweep.subdir)
         run_pipeline(plain)
-    except (config_mod.ConfigError, StageError, DataError, RecordError, ModelError, RunFolderBusy) as e:
+    except (config_mod.ConfigError, StageError, DataError, RecordError, ModelError, RunFolderBusy, DistributedError,
+            FrameFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -392,10 +392,12 @@ def segment_feature_arrays(
     void: int = 255,
     channel_axis: int = 0,
     with_targets: bool = True,
-) -> dict[str, np.ndarray]:
+    return_segments: bool = False,
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
     """The columns of :func:`segment_features` as a dict of arrays, without building a DataFrame.
 
-    Same parameters, plus ``with_targets`` (default True): False leaves out ``iou`` and ``iou0``.
+    Same parameters, plus ``with_targets`` (default True): False leaves out ``iou`` and ``iou0``;
+    and ``return_segments`` (default False): True also returns the segment label map.
     For callers that compute features of many small regions (``metaseg_pgn.ood_meta``), where
     building a DataFrame of hundreds of columns per call costs more than the features.
 
@@ -403,6 +405,9 @@ def segment_feature_arrays(
     -------
     dict of str to numpy.ndarray (or pandas nullable arrays for the missing targets)
         Keys and dtypes as the columns of :func:`segment_features`, in the same order.
+    segments : numpy.ndarray, shape (H, W), int32
+        Only with ``return_segments``: the segment id of every pixel (column ``segment_id``; 0 =
+        void), equal to :func:`label_segments` ``(pred, gt, void)[0]``.
     """
     pred = _check_label_image(pred, "pred")
     height, width = pred.shape
@@ -499,4 +504,6 @@ def segment_feature_arrays(
     elif with_targets:
         cols["iou"] = pd.array([None] * n, dtype="Float64")
         cols["iou0"] = pd.array([None] * n, dtype="boolean")
+    if return_segments:
+        return cols, remap.astype(np.int32)[labels]
     return cols

@@ -18,7 +18,7 @@ from metaseg_pgn.models.loader import (
     output_selector,
 )
 from metaseg_pgn.run import run_pipeline
-from metaseg_pgn.stages.infer import dataset_configs, make_dataset
+from metaseg_pgn.data.select import dataset_configs, make_dataset
 from metaseg_pgn.store import read_record
 
 

@@ -173,11 +173,12 @@ def test_interrupted_infer_and_features_resume_to_the_uninterrupted_result(refer
     assert {k: after[k] for k in done} == done  # frames written before the interruption were kept
     assert_same_records(run, reference)
 
-    # features: Ctrl-C in the 3rd file write (frame 2), then in the 4th of the resumed run (the
-    # concatenation of all frames into the table), then to the end
+    # features: every frame writes two files (its segment map, then its rows). Ctrl-C in the 5th
+    # file write (frame 2's segment map), then in the 7th of the resumed run (the concatenation of
+    # all frames into the table), then to the end
     real_fsync = os.fsync
     frames_dir = run / "features" / "_frames" / VAL
-    for interrupt_at, expect_frames in ((3, 2), (4, 5)):
+    for interrupt_at, expect_frames in ((5, 2), (7, 5)):
         count = []
 
         def interrupted_fsync(fd, interrupt_at=interrupt_at, count=count):
@@ -201,6 +202,10 @@ def test_interrupted_infer_and_features_resume_to_the_uninterrupted_result(refer
 
     run_pipeline({**cfg, "stage": "features"})
     assert table_path(run).read_bytes() == table_path(reference).read_bytes()
+    segments = sorted((run / "features" / "segments" / VAL).iterdir())
+    assert len(segments) == 5
+    for path in segments:
+        assert path.read_bytes() == (reference / path.relative_to(run)).read_bytes()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from .. import __version__
 from ..integrity import check_files, code_fingerprint, digest, files_entry
 from ..io import fingerprint, write_json
 from ..lock import is_dead_temp
-from ..paths import UnsafeNameError, plain_name
+from ..data.select import dataset_key, evaluated_dataset  # noqa: F401 - what every stage names datasets by
 
 log = logging.getLogger("metaseg_pgn")
 
@@ -101,30 +101,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-NO_DATASET = "none"  # dataset=none: a pipeline without an evaluated dataset (only OoD sets)
+def recorded_track(infer_output: dict, ds_cfg: dict, needed_by: str) -> str:
+    """The SegmentMeIfYouCan track (``obstacle`` or ``anomaly``) that ``infer`` recorded for a
+    dataset (its manifest's ``outputs[dataset_key]``).
 
-
-def evaluated_dataset(cfg: dict) -> dict | None:
-    """The configuration of the evaluated (semantic) dataset, or None under ``dataset=none``.
-
-    A pipeline that only evaluates OoD sets (``pipeline=smiyc``) has no evaluated dataset; the
-    stages that need one (``features``, ``meta``, ``pixel_eval``) then skip themselves.
+    Raises
+    ------
+    StageError
+        The dataset has no track (neither its adapter nor its configuration names one).
     """
-    ds = cfg.get("dataset")
-    if not ds or ds.get("name") in (None, NO_DATASET):
-        return None
-    return ds
-
-
-def dataset_key(ds_cfg: dict) -> str:
-    """A folder name for one dataset and split, e.g. ``synthetic-val`` (plain names only)."""
-    split = ds_cfg.get("split") or ds_cfg.get("track") or "all"
-    try:
-        name = plain_name(ds_cfg["name"], "dataset name")
-        split = plain_name(split, f"dataset {ds_cfg['name']!r} split")
-    except UnsafeNameError as e:
-        raise StageError(str(e)) from None
-    return f"{name}-{split}"
+    track = infer_output.get("track")
+    if track is None:
+        raise StageError(f"{needed_by}: cannot tell the SMIYC track (obstacle or anomaly) of dataset "
+                         f"{ds_cfg['name']!r}; set its 'track' in the configuration")
+    return track
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +147,8 @@ class Plan:
 
 
 #: Modules every stage runs: these rules and the atomic writes.
-COMMON_CODE = ("metaseg_pgn.stages.common", "metaseg_pgn.io", "metaseg_pgn.integrity", "metaseg_pgn.lock")
+COMMON_CODE = ("metaseg_pgn.stages.common", "metaseg_pgn.io", "metaseg_pgn.integrity", "metaseg_pgn.lock",
+               "metaseg_pgn.data.select")
 
 
 def make_plan(config: dict, upstream: dict[str, str], modules: Iterable[str]) -> Plan:

@@ -6,7 +6,12 @@ segment (:func:`metaseg_pgn.segments.segment_features`), and write the frame's r
 ``features/_frames/<dataset>/<frame>.parquet`` atomically. A frame file is reused when it reads
 back whole (Parquet page checksums) and carries the fingerprint of the record's content hash and
 this stage's code, so an interrupted or killed run resumes and a changed record recomputes its
-frame alone. Finally the frames are
+frame alone. Beside it goes the frame's segment label map, ``features/segments/<dataset>/<frame>.npz``
+(:mod:`metaseg_pgn.frame_files`: key ``segments``, int32 (H, W), 0 = void, else the rows'
+``segment_id``), for the report, listed in the manifest
+(``outputs[dataset]["segments"]`` names the folder); its ``source``, the record's SHA-256, ties it
+to the record without the code, so a code change that changes no value changes none of its bytes.
+Finally the frames are
 concatenated in frame order into ``features/data/dataset=<name>/split=<split>/part-0.parquet``,
 so the table is byte-identical whichever executor and worker count computed the frames.
 
@@ -35,64 +40,80 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+import numpy as np
+import pandas as pd
+
+from ..data.select import dataset_configs, name_split
+from ..distributed import barrier, init_process_group, rank_world
+from ..frame_files import segment_map_source, write_segment_map
 from ..io import fingerprint
 from ..maps import ENTROPY_CONVENTIONS
 from ..lock import remove_dead_temps
-from ..segments import segment_features
+from ..segments import segment_feature_arrays
 from ..store import read_record
 from ..table import read_parquet_verified, schema_metadata, write_parquet_options, write_table
+from ..threads import torch_threads
 from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
                      require_manifest, upstream_token, write_manifest)
-from .infer import barrier, init_process_group, rank_world
 
 STAGE = "features"
 CODE = ("metaseg_pgn.stages.features", "metaseg_pgn.segments", "metaseg_pgn.store", "metaseg_pgn.maps",
-        "metaseg_pgn.table")
+        "metaseg_pgn.table", "metaseg_pgn.frame_files", "metaseg_pgn.distributed", "metaseg_pgn.threads")
 FEATURE_KINDS = ("semantic", None)  # OoD sets have 0/1 labels: no IoU target, not meta-learned
 
 
-def frame_table(record_path: str, expect: dict[str, str], void: int = 255, entropy: str = "exact") -> pa.Table:
+def frame_table(record_path: str, expect: dict[str, str], void: int = 255, entropy: str = "exact",
+                return_segments: bool = False) -> pa.Table | tuple[pa.Table, np.ndarray]:
     """All segment rows of one frame as an Arrow table (without the partition columns).
 
     ``entropy``: ``features.entropy``, the convention of the E columns (``"exact"`` entropy or
-    ``"metaseg"``, MetaSeg's eps inside the log, :func:`metaseg_pgn.maps.softmax_maps`)."""
+    ``"metaseg"``, MetaSeg's eps inside the log, :func:`metaseg_pgn.maps.softmax_maps`).
+    ``return_segments``: also return the segment label map, (H, W) int32, 0 = void, the table's
+    ``segment_id`` elsewhere (:func:`metaseg_pgn.segments.segment_feature_arrays`)."""
     record = read_record(record_path, expect)
     probs = record.probs()
     maps = record.pixel_maps(probs, entropy=entropy)
     gt = record.label if record.label_kind == "semantic" else None
-    df = segment_features(record.pred, probs, maps, gt, void=void)
+    cols, segments = segment_feature_arrays(record.pred, probs, maps, gt, void=void, return_segments=True)
+    df = pd.DataFrame(cols, copy=False)  # as segment_features builds it
     table = pa.Table.from_pandas(df, preserve_index=False)
     frame_ids = pa.array([record.frame_id] * len(df), pa.string())
-    return table.add_column(0, "frame_id", frame_ids).replace_schema_metadata(None)
+    table = table.add_column(0, "frame_id", frame_ids).replace_schema_metadata(None)
+    return (table, segments) if return_segments else table
 
 
 def compute_frame(record_path: str, out_path: str, expect: dict[str, str], frame_fp: str,
-                  entropy: str = "exact") -> str:
-    """Compute one frame's rows and write them atomically; a no-op when already done."""
-    if _done(out_path, frame_fp):
+                  entropy: str = "exact", segments_path: str | None = None, record_sha: str | None = None) -> str:
+    """Compute one frame's rows and write them atomically; a no-op when already done.
+
+    With ``segments_path`` the frame's segment label map is written there first
+    (:func:`metaseg_pgn.frame_files.write_segment_map`, its ``source`` the record's SHA-256
+    ``record_sha``); the frame is done when its rows read back whole with ``frame_fp`` and its
+    segment map whole with ``record_sha``. Runs with one torch intra-op thread and gives the
+    caller its thread count back."""
+    if _done(out_path, frame_fp, segments_path, record_sha):
         return out_path
-    _single_thread()
-    table = frame_table(record_path, expect, entropy=entropy)
+    with torch_threads(1):
+        table, segments = frame_table(record_path, expect, entropy=entropy, return_segments=True)
+    if segments_path is not None and segment_map_source(segments_path) != str(record_sha):
+        write_segment_map(segments_path, segments, str(record_sha))  # a map still valid is kept as is
     table = table.replace_schema_metadata({b"metaseg_pgn.frame_fingerprint": frame_fp.encode()})
     write_table(out_path, table)
     return out_path
 
 
-def _done(out_path: str, frame_fp: str) -> bool:
-    """The frame file exists, reads back whole (page checksums) and has the fingerprint ``frame_fp``."""
+def _done(out_path: str, frame_fp: str, segments_path: str | None = None, record_sha: str | None = None) -> bool:
+    """The frame file exists, reads back whole (page checksums) and has the fingerprint ``frame_fp``,
+    and the segment map at ``segments_path`` (when given) reads back whole, made from ``record_sha``."""
     if not os.path.exists(out_path):
         return False
     try:
         meta = read_parquet_verified(out_path).schema.metadata or {}
     except Exception:  # noqa: BLE001 - an unreadable or damaged cache file is recomputed
         return False
-    return meta.get(b"metaseg_pgn.frame_fingerprint") == frame_fp.encode()
-
-
-def _single_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    if meta.get(b"metaseg_pgn.frame_fingerprint") != frame_fp.encode():
+        return False
+    return segments_path is None or segment_map_source(segments_path) == str(record_sha)
 
 
 def plan(ctx: RunContext) -> Plan:
@@ -124,17 +145,22 @@ def run(ctx: RunContext) -> dict:
             continue  # an OoD set without labels (benchmark test frames): scored by ood_eval only
         name, split = _name_split(ctx.cfg, key)
         frame_dir = ctx.stage_dir(STAGE) / "_frames" / key
-        files = []
+        segment_dir = ctx.stage_dir(STAGE) / "segments" / key
+        files, segment_files = [], []
         for frame_id in out["frames"]:
             rel = f"{out['records']}/{frame_id}.npz"
+            record_sha = record_hashes.get(rel, {}).get("sha256")
             # One frame's rows depend on its record's bytes and this stage's code, nothing else.
-            frame_fp = fingerprint({"record": record_hashes.get(rel, {}).get("sha256"),
+            frame_fp = fingerprint({"record": record_sha,
                                     "fingerprints": out["fingerprints"], "config": the_plan.config,
                                     "code": the_plan.code})
             target = frame_dir / f"{frame_id}.parquet"
-            jobs.append((str(ctx.run_dir / rel), str(target), out["fingerprints"], frame_fp, entropy))
+            segment_file = segment_dir / f"{frame_id}.npz"
+            jobs.append((str(ctx.run_dir / rel), str(target), out["fingerprints"], frame_fp, entropy,
+                         str(segment_file), record_sha))
             files.append(str(target))
-        parts[key] = (name, split, files)
+            segment_files.append(segment_file)
+        parts[key] = (name, split, files, segment_files)
     if not jobs:
         why = ("the run has no evaluated dataset (dataset=none)" if main is None else
                f"the evaluated dataset {main_key!r} has OoD labels (0/1/255), not class labels: "
@@ -153,23 +179,26 @@ def run(ctx: RunContext) -> dict:
     if ctx.forced(STAGE):
         for job in jobs:  # recompute every frame: no frame file is reused
             Path(job[1]).unlink(missing_ok=True)
-    jobs = [job for job in jobs if not _done(job[1], job[3])]  # a rerun starts no idle workers
+            Path(job[5]).unlink(missing_ok=True)
+    jobs = [job for job in jobs if not _done(job[1], job[3], job[5], job[6])]  # a rerun starts no idle workers
     _execute(jobs, ctx, show_progress=rank == 0)
     barrier()  # every rank has written its frames
 
     outputs = {}
     if rank == 0:
         targets, frame_files = [], []
-        for key, (name, split, files) in parts.items():
+        for key, (name, split, files, segment_files) in parts.items():
             remove_dead_temps(ctx.stage_dir(STAGE) / "_frames" / key)
+            remove_dead_temps(ctx.stage_dir(STAGE) / "segments" / key)
             target = ctx.stage_dir(STAGE) / "data" / f"dataset={name}" / f"split={split}" / "part-0.parquet"
             remove_dead_temps(target.parent)
             # The file names the records it was made from (their content), not this stage's code:
             # a code change that changes no value leaves the table byte-identical.
             rows = _concatenate(files, target, {"records": the_plan.upstream["infer"], "entropy": entropy,
                                                 "dataset": name, "split": split})
-            outputs[key] = {"path": target.relative_to(ctx.run_dir).as_posix(), "rows": rows}
-            targets.append(target)
+            outputs[key] = {"path": target.relative_to(ctx.run_dir).as_posix(), "rows": rows,
+                            "segments": (ctx.stage_dir(STAGE) / "segments" / key).relative_to(ctx.run_dir).as_posix()}
+            targets.extend([target, *segment_files])
             frame_files.extend(files)
         write_manifest(ctx, STAGE, the_plan, outputs, started, files=targets, keep=frame_files)
     barrier()  # the manifest exists before any rank starts the next stage
@@ -177,12 +206,9 @@ def run(ctx: RunContext) -> dict:
 
 
 def _name_split(cfg: dict, key: str) -> tuple[str, str]:
-    from .infer import dataset_configs
-    from .common import dataset_key
-
     for ds_cfg in dataset_configs(cfg):
         if dataset_key(ds_cfg) == key:
-            return ds_cfg["name"], str(ds_cfg.get("split") or ds_cfg.get("track") or "all")
+            return name_split(ds_cfg)
     name, _, split = key.rpartition("-")
     return name, split
 
@@ -196,15 +222,9 @@ def _execute(jobs: list[tuple], ctx: RunContext, show_progress: bool = True) -> 
     if fcfg.get("executor", "process") == "dask":
         _execute_dask(jobs, fcfg, workers, bar)
     elif workers <= 1:
-        import torch
-
-        threads = torch.get_num_threads()
-        try:
-            for job in jobs:
-                compute_frame(*job)
-                bar.update(1)
-        finally:
-            torch.set_num_threads(threads)  # compute_frame set one thread; give this process back its own
+        for job in jobs:
+            compute_frame(*job)
+            bar.update(1)
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
                                  initargs=(os.getpid(),)) as pool:

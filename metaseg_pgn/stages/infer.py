@@ -10,6 +10,13 @@ recorded (or, for a record written after it, every member of the file passes its
 p value re-runs the (cheap) forward pass and PGN maps but keeps the costly MC-dropout and ensemble
 maps; an image overwritten in place recomputes that frame alone.
 
+Beside each record goes the frame's input image as a preview PNG (``previews/<dataset>/<frame>.png``,
+:mod:`metaseg_pgn.frame_files`), for the report: written with a record made from scratch (another
+input or ``core``) and whenever it is missing or damaged, listed in the manifest like the records.
+The manifest's ``outputs[dataset]`` records the frame ids, label kind, number of classes, the
+SegmentMeIfYouCan ``track`` (``obstacle`` / ``anomaly``; None for an in-distribution dataset), the
+group fingerprints and the ``records`` and ``previews`` folders: what later stages read.
+
 Every frame goes through the network alone (batch of one), so a record does not depend on
 ``infer.batch_size``, which only sets the unit of work shared out under ``torchrun``: the frames are
 cut into fixed batches of ``batch_size`` consecutive frames; every rank lists the batches with a
@@ -28,20 +35,23 @@ a single-process run with one thread).
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import time
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..baselines import ensemble_maps, mc_dropout_maps
-from ..data.registry import get_dataset
+from ..data.select import dataset_configs, make_dataset, ood_track
+from ..distributed import barrier, init_process_group, rank_world
+from ..frame_files import preview_intact, write_preview
 from ..integrity import InputHashes, code_fingerprint, file_problem, hash_once
 from ..io import fingerprint
 from ..lock import remove_dead_temps
@@ -56,23 +66,10 @@ from .common import (Plan, RunContext, StageError, dataset_key, evaluated_datase
 STAGE = "infer"
 
 
-def make_dataset(ds_cfg: dict):
-    kwargs = {k: v for k, v in ds_cfg.items() if k != "name"}
-    if "size" in kwargs and kwargs["size"] is not None:
-        kwargs["size"] = tuple(kwargs["size"])
-    return get_dataset(ds_cfg["name"], **kwargs)
-
-
-def dataset_configs(cfg: dict) -> list[dict]:
-    """The evaluated dataset (if any, see :func:`evaluated_dataset`) followed by the OoD datasets."""
-    main = evaluated_dataset(cfg)
-    return [*([main] if main is not None else []), *cfg.get("ood_datasets", [])]
-
-
 #: The modules whose source makes the records (with :mod:`.common` and :mod:`metaseg_pgn.io`).
 CODE = ("metaseg_pgn.stages.infer", "metaseg_pgn.wrapper", "metaseg_pgn.pgn", "metaseg_pgn.store",
         "metaseg_pgn.baselines", "metaseg_pgn.maps", "metaseg_pgn.models", "metaseg_pgn.data",
-        "metaseg_pgn.paths")
+        "metaseg_pgn.paths", "metaseg_pgn.frame_files", "metaseg_pgn.distributed")
 
 
 def model_files(cfg: dict) -> dict[str, str]:
@@ -229,6 +226,11 @@ def records_dir(ctx: RunContext, ds_cfg: dict) -> Path:
     return ctx.stage_dir(STAGE) / "records" / dataset_key(ds_cfg)
 
 
+def previews_dir(ctx: RunContext, ds_cfg: dict) -> Path:
+    """Where the frames' input previews go (:mod:`metaseg_pgn.frame_files`)."""
+    return ctx.stage_dir(STAGE) / "previews" / dataset_key(ds_cfg)
+
+
 def frame_seed(seed: int, frame_id: str) -> int:
     """A per-frame seed, so MC dropout samples do not depend on batching or sharding."""
     return (seed * 1_000_003 + zlib.crc32(frame_id.encode())) % (2**31)
@@ -277,31 +279,45 @@ def run(ctx: RunContext) -> dict:
         inputs = input_hashes(ctx, ds)
         expects = {f: frame_expect(groups, inputs, f) for f in ds.frame_ids}
         out_dir = records_dir(ctx, ds_cfg)
+        view_dir = previews_dir(ctx, ds_cfg)
         stale = {f: (_stale_groups(out_dir / f"{f}.npz", expects[f], known) if reuse else set(expects[f]))
                  for f in ds.frame_ids}
-        plans.append((ds_cfg, ds, expects, stale, out_dir, stale_batches(ds.frame_ids, stale, batch_size)))
+        # A preview depends on the image alone: rewritten with a record made from scratch (another
+        # input or core), or when it is missing or damaged.
+        redraw = {f: len(stale[f]) == len(expects[f]) or not _intact(view_dir / f"{f}.png", known, preview_intact)
+                  for f in ds.frame_ids}
+        todo = {f: bool(stale[f]) or redraw[f] for f in ds.frame_ids}
+        plans.append(_DatasetPlan(ds_cfg, ds, expects, stale, redraw, out_dir, view_dir,
+                                  stale_batches(ds.frame_ids, todo, batch_size)))
         outputs[dataset_key(ds_cfg)] = {
             "frames": ds.frame_ids,
             "label_kind": ds.label_kind,
             "num_classes": ds.num_classes,
+            "track": ood_track(ds, ds_cfg),
             "fingerprints": groups,
             "records": out_dir.relative_to(ctx.run_dir).as_posix(),
+            "previews": view_dir.relative_to(ctx.run_dir).as_posix(),
         }
     barrier()  # every rank has listed the same stale batches before any rank writes
 
     kill_after = _test_kill_after(rank)
     written = 0
-    for ds_cfg, ds, expects, stale, out_dir, batches in plans:
-        mine = batches[rank::world]
-        bar = tqdm(total=sum(map(len, mine)), desc=f"infer {dataset_key(ds_cfg)}" +
+    for p in plans:
+        mine = p.batches[rank::world]
+        bar = tqdm(total=sum(map(len, mine)), desc=f"infer {dataset_key(p.ds_cfg)}" +
                    (f" (rank 0 of {world})" if world > 1 else ""), unit="frame",
                    disable=not ctx.progress or rank != 0)
         for batch_ids in mine:
             for frame_id in batch_ids:
-                if stale[frame_id]:
-                    _infer_frame(ds.load(frame_id), ds, wrapper, loaded, members, cfg, expects[frame_id],
-                                 stale[frame_id], out_dir / f"{frame_id}.npz", device, classes)
+                if not (p.stale[frame_id] or p.redraw[frame_id]):
+                    continue
+                frame = p.ds.load(frame_id)
+                if p.stale[frame_id]:
+                    _infer_frame(frame, p.ds, wrapper, loaded, members, cfg, p.expects[frame_id],
+                                 p.stale[frame_id], p.out_dir / f"{frame_id}.npz", device, classes)
                     written += 1
+                if p.redraw[frame_id]:
+                    write_preview(p.view_dir / f"{frame_id}.png", frame.image)
             if kill_after is not None and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             bar.update(len(batch_ids))
@@ -309,21 +325,39 @@ def run(ctx: RunContext) -> dict:
 
     barrier()  # every rank has written its records
     if rank == 0:
-        missing = [f"{dataset_key(ds_cfg)}/{f}" for ds_cfg, ds, expects, _, out_dir, _ in plans
-                   for f in ds.frame_ids if _stale_groups(out_dir / f"{f}.npz", expects[f], None, verify=False)]
+        missing = [f"{dataset_key(p.ds_cfg)}/{f}" for p in plans for f in p.ds.frame_ids
+                   if _stale_groups(p.out_dir / f"{f}.npz", p.expects[f], None, verify=False)
+                   or not (p.view_dir / f"{f}.png").exists()]
         if missing:
-            raise StageError(f"infer: {len(missing)} records missing after all ranks finished, "
+            raise StageError(f"infer: {len(missing)} records or previews missing after all ranks finished, "
                              f"e.g. {missing[:3]}; re-run to complete them")
-        for _, _, _, _, out_dir, _ in plans:
-            remove_dead_temps(out_dir)
-        files = [out_dir / f"{f}.npz" for _, ds, _, _, out_dir, _ in plans for f in ds.frame_ids]
+        for p in plans:
+            remove_dead_temps(p.out_dir)
+            remove_dead_temps(p.view_dir)
+        files = [folder / f"{f}{suffix}" for p in plans for f in p.ds.frame_ids
+                 for folder, suffix in ((p.out_dir, ".npz"), (p.view_dir, ".png"))]
         write_manifest(ctx, STAGE, the_plan, outputs, started, files=files)
     barrier()  # the manifest exists before any rank starts the next stage
     return outputs
 
 
-def stale_batches(frame_ids: list[str], stale: dict[str, set], batch_size: int) -> list[list[str]]:
-    """The fixed batches (``batch_size`` consecutive frames) with at least one stale record."""
+@dataclass
+class _DatasetPlan:
+    """What one rank knows of one dataset before writing: the frames to infer and to preview."""
+
+    ds_cfg: dict
+    ds: Any
+    expects: dict[str, dict[str, str]]  # frame id -> the fingerprints its record must carry
+    stale: dict[str, set[str]]  # frame id -> record groups to recompute
+    redraw: dict[str, bool]  # frame id -> whether its preview is (re)written
+    out_dir: Path
+    view_dir: Path
+    batches: list[list[str]]  # the batches with work, see :func:`stale_batches`
+
+
+def stale_batches(frame_ids: list[str], stale: dict, batch_size: int) -> list[list[str]]:
+    """The fixed batches (``batch_size`` consecutive frames) with at least one frame whose ``stale``
+    entry is true (a stale record or preview)."""
     batches = [frame_ids[i:i + batch_size] for i in range(0, len(frame_ids), max(batch_size, 1))]
     return [b for b in batches if any(stale[f] for f in b)]
 
@@ -344,11 +378,14 @@ def _stale_groups(path: Path, expect: dict[str, str], known: dict[Path, dict] | 
     return stale
 
 
-def _intact(path: Path, known: dict[Path, dict]) -> bool:
-    """The bytes the last manifest recorded, or (a record written since) every member passes its CRC."""
-    entry = known.get(path)
+def _intact(path: Path, known: dict[Path, dict] | None, whole: Callable[[Path], bool] | None = None) -> bool:
+    """The bytes the last manifest recorded, or (a file written since) ``whole(path)``: by default
+    every member of the record passes its CRC."""
+    entry = (known or {}).get(path)
     if entry is not None and file_problem(path, entry) is None:
         return True
+    if whole is not None:
+        return whole(path)
     try:
         with zipfile.ZipFile(path) as z:
             return z.testzip() is None
@@ -427,55 +464,9 @@ def _compute_baselines(loaded, members, base_cfg, x, seed, frame_id) -> dict[str
     return {name: v[0].cpu().numpy().astype(np.float16) for name, v in maps.items()}
 
 
-# --- torchrun ---------------------------------------------------------------------------------
-
-#: Barriers wait at most this long for the slowest rank (torchrun stops all ranks when one dies,
-#: so a long limit never leaves a job hanging behind a dead rank).
-BARRIER_TIMEOUT = datetime.timedelta(hours=6)
-
 #: For tests only: "RANK:K" makes that rank kill itself (SIGKILL) after the batch in which its
 #: K-th record was written, as a crash would (no clean-up, no exception).
 TEST_KILL_ENV = "METASEG_PGN_TEST_KILL_RANK_AFTER"
-
-
-def rank_world() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) without it."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= rank < world:
-        raise StageError(f"RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
-    return rank, world
-
-
-def init_process_group() -> None:
-    """Join the ranks (gloo: only barriers are needed, on CPU as on GPU machines)."""
-    import torch.distributed as dist
-
-    if not dist.is_available() or dist.is_initialized():
-        return
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if restart is None or "MASTER_ADDR" not in os.environ:
-        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-        return
-    # Under torchrun, keys of this attempt's process group get their own prefix: after a restart
-    # (--max-restarts) the agent's store still holds the killed attempt's addresses, and gloo
-    # would try to connect to them.
-    rank, world = rank_world()
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=rank == 0 and not agent_store, timeout=BARRIER_TIMEOUT,
-                          multi_tenant=not agent_store)
-    dist.init_process_group("gloo", store=dist.PrefixStore(f"metaseg_pgn/attempt{restart}", store),
-                            rank=rank, world_size=world, timeout=BARRIER_TIMEOUT)
-
-
-def barrier() -> None:
-    """Wait for every rank (a no-op in a single process)."""
-    if rank_world()[1] <= 1:
-        return
-    import torch.distributed as dist
-
-    init_process_group()
-    dist.barrier()
 
 
 def _test_kill_after(rank: int) -> int | None:

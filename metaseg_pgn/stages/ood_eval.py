@@ -32,31 +32,22 @@ from tqdm import tqdm
 from ..io import atomic_write, write_json
 from ..metrics.ood import MODES, SMIYC_MODES, VERSIONS, ComponentOoDMetrics, PixelOoDMetrics
 from ..metrics.submission import submission_folder, write_scores
+from ..data.select import dataset_configs, make_dataset
+from ..names import method_label, method_names
 from ..store import read_record
 from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
-                     require_manifest, upstream_token, write_manifest)
-from .infer import dataset_configs, make_dataset
-from ..names import method_label
-from .pixel_eval import method_names
+                     recorded_track, require_manifest, upstream_token, write_manifest)
 
 STAGE = "ood_eval"
 CODE = ("metaseg_pgn.stages.ood_eval", "metaseg_pgn.metrics.ood", "metaseg_pgn.metrics.ood_input",
         "metaseg_pgn.metrics.ood_pixel", "metaseg_pgn.metrics.ood_components", "metaseg_pgn.metrics.submission",
-        "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.names", "metaseg_pgn.stages.pixel_eval")
+        "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.names")
 
 
 def score_maps(record) -> dict[str, np.ndarray]:
     """Every score map of a record, higher = more anomalous (V = 1 − max softmax)."""
     maps = record.pixel_maps()
     return {m: maps[m] for m in method_names(record)}
-
-
-def track_of(ds, ds_cfg: dict) -> str:
-    track = getattr(ds, "track", None) or ds_cfg.get("track")
-    if track in ("obstacle", "anomaly"):
-        return track
-    raise StageError(f"ood_eval: cannot tell the SMIYC track (obstacle or anomaly) of dataset "
-                     f"{ds_cfg['name']!r}; set its 'track' in the configuration")
 
 
 def plan(ctx: RunContext) -> Plan:
@@ -89,10 +80,11 @@ def run(ctx: RunContext) -> dict:
         # benchmark's test frames as distributed) is scored and exported, not evaluated.
         if out is None or out["label_kind"] not in ("ood", None) or (key == main_key and out["label_kind"] != "ood"):
             continue
-        ds = make_dataset(ds_cfg)
-        track = track_of(ds, ds_cfg)
+        track = recorded_track(out, ds_cfg, STAGE)
         paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
-        folder_of = export_folders(ds, key, out["frames"], exported)
+        # The benchmark's folder of each frame is a property of the dataset's files (not recorded
+        # upstream): the dataset is built for the export alone.
+        folder_of = export_folders(make_dataset(ds_cfg), key, out["frames"], exported) if ocfg.get("export") else None
         split = evaluate_split(paths, out["fingerprints"], track, ocfg, ctx, key, folder_of, written)
         if split["unlabelled_frames"]:
             unlabelled[key] = split["unlabelled_frames"]

@@ -28,10 +28,9 @@ from ..io import atomic_write, write_json
 from ..maps import softmax_maps
 from ..ood_meta import OoDMetaSettings, evaluate_dataset, summarise
 from ..store import read_record
-from .common import (Plan, RunContext, StageError, dataset_key, is_up_to_date, log, make_plan, require_manifest,
-                     upstream_token, write_manifest)
-from .infer import dataset_configs, make_dataset
-from .ood_eval import track_of
+from ..data.select import dataset_configs
+from .common import (Plan, RunContext, StageError, dataset_key, is_up_to_date, log, make_plan, recorded_track,
+                     require_manifest, upstream_token, write_manifest)
 
 STAGE = "ood_meta"
 CODE = ("metaseg_pgn.stages.ood_meta", "metaseg_pgn.ood_meta", "metaseg_pgn.meta", "metaseg_pgn.segments",
@@ -95,7 +94,7 @@ def run(ctx: RunContext) -> dict:
         out = infer["outputs"].get(key)
         if out is None or out["label_kind"] != "ood":
             continue
-        track = track_of(make_dataset(ds_cfg), ds_cfg)
+        track = recorded_track(out, ds_cfg, STAGE)
         folder = ctx.run_dir / out["records"]
         expect = out["fingerprints"]
         frames = [f for f in out["frames"] if _has_label(folder / f"{f}.npz")]

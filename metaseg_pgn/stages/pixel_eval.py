@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..names import method_label
+from ..names import method_label, method_names
 from ..io import atomic_write, write_json
 from ..metrics.calibration import AuSE, ECE, brier_error, confidence_from_score
 from ..metrics.segmentation import ConfusionMatrix
@@ -42,11 +42,6 @@ CODE = ("metaseg_pgn.stages.pixel_eval", "metaseg_pgn.metrics.calibration", "met
 VOID = 255
 UNDEFINED_AUSE = ("AuSE undefined: every evaluated pixel has the same Brier error, so no ordering "
                   "of the pixels can be better than another")
-
-
-def method_names(record) -> list[str]:
-    """Score maps evaluated, in table order: max softmax, entropy, baselines, PGN maps."""
-    return ["V", "E", *record.baseline_names, *record.pgn_names]
 
 
 def _frames(paths, expect, progress, desc):

@@ -692,7 +692,7 @@ class _Builder:
         if ds_cfg is None:
             return None
         from ..data.base import DataError
-        from .infer import make_dataset
+        from ..data.select import make_dataset
 
         try:
             return make_dataset(ds_cfg).load(frame_id).image

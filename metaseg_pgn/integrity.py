@@ -134,13 +134,18 @@ class InputHashes:
             self._changed = False
 
 
+#: The files of a package that count as its code: sources, templates, and the text data they read.
+CODE_SUFFIXES = (".py", ".j2", ".css", ".yaml", ".yml")
+
+
 @lru_cache(maxsize=None)
 def _module_hash(module: str) -> str:
     spec = importlib.util.find_spec(module)
     if spec is None:
         raise ModuleNotFoundError(f"code fingerprint: no module {module!r}")
-    if spec.submodule_search_locations:  # a package: every .py file in it
-        files = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.py"))
+    if spec.submodule_search_locations:  # a package: its .py files and its text package data (templates)
+        files = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*")
+                       if p.suffix in CODE_SUFFIXES and p.is_file())
     elif spec.origin and spec.origin.endswith(".py"):
         files = [Path(spec.origin)]
     else:  # built-in or compiled: its name stands for it
@@ -152,5 +157,5 @@ def _module_hash(module: str) -> str:
 
 
 def code_fingerprint(modules: Iterable[str]) -> dict[str, str]:
-    """Package version and a source hash per module (a package: all its ``.py`` files)."""
+    """Package version and a source hash per module (a package: its files of :data:`CODE_SUFFIXES`)."""
     return {"version": __version__, **{m: _module_hash(m) for m in sorted(set(modules))}}

@@ -1,9 +1,13 @@
-"""Figures (matplotlib, Agg backend): each function takes plain data and writes one PNG atomically.
+"""Figures: each function takes plain data and returns a matplotlib ``Figure``.
+
+The figures are built with :class:`matplotlib.figure.Figure`, not with ``pyplot``: no backend is
+chosen or switched (importing this module leaves a notebook's backend as it is) and no figure is
+registered with pyplot. The caller saves a figure with :func:`save_figure` (PNG, atomic, without
+the matplotlib version in its metadata, so the same data gives the same bytes) or shows it.
 
 The report's figures (``meta_bar_figure``, ``roc_figure``, ``iou_scatter_figure``,
 ``correlation_figure``, ``frame_figure``, ``ood_bar_figure``) take plain arrays, numbers and
-labels, never pipeline objects, so they can be reused outside the pipeline. PNGs are written
-without the matplotlib version in their metadata: the same data gives the same bytes.
+labels, never pipeline objects, so they can be reused outside the pipeline.
 """
 
 from __future__ import annotations
@@ -13,14 +17,12 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from .io import atomic_write  # noqa: E402
+from .io import atomic_write
 
 #: Colours of the method families, shared by every figure of the report.
 FAMILY_COLORS: dict[str, str] = {
@@ -37,11 +39,24 @@ FAMILY_COLORS: dict[str, str] = {
 }
 
 
-def save(fig, path: str | Path, dpi: int = 110) -> None:
-    """Write a figure as PNG atomically and close it (no version metadata: stable bytes)."""
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:
+    """Write a figure as PNG atomically and close it (no version metadata: stable bytes).
+
+    Parameters
+    ----------
+    fig : Figure
+        A figure of this module (or any matplotlib figure; one that pyplot manages is closed there).
+    path : path-like
+        Destination PNG; written through a temporary file, so a reader never sees half of it.
+    dpi : int, default 110
+        Resolution.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
+    if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: release it there
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())
 
@@ -76,7 +91,7 @@ def reliability_bars(accuracy: np.ndarray, confidence: np.ndarray) -> dict[str, 
             "under": (low, np.maximum(acc - conf, 0.0))}
 
 
-def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
+def reliability_figure(diagrams: dict[str, dict]) -> Figure:
     """Reliability diagrams: accuracy per confidence bin, one panel per method.
 
     Parameters
@@ -84,11 +99,17 @@ def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
     diagrams : dict
         method name → :func:`metaseg_pgn.metrics.calibration.reliability_diagram_data` output
         (keys ``bin_edges``, ``accuracy``, ``confidence``, ``counts``).
+
+    Returns
+    -------
+    Figure
+        Not yet saved: :func:`save_figure` writes it.
     """
     n = len(diagrams)
     cols = min(n, 4)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(3.2 * cols, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, d) in zip(axes.flat, diagrams.items()):
         edges = np.asarray(d["bin_edges"], dtype=float)
         centres = (edges[:-1] + edges[1:]) / 2
@@ -115,10 +136,10 @@ def reliability_figure(diagrams: dict[str, dict], path: str | Path) -> None:
     for ax in axes.flat[n:]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=6, loc="upper left")
-    save(fig, path)
+    return fig
 
 
-def sparsification_figure(curves: dict[str, dict], path: str | Path) -> None:
+def sparsification_figure(curves: dict[str, dict]) -> Figure:
     """Sparsification curves (normalised mean Brier error of the kept pixels) and the oracle.
 
     Parameters
@@ -126,8 +147,14 @@ def sparsification_figure(curves: dict[str, dict], path: str | Path) -> None:
     curves : dict
         method name → dict with ``fractions``, ``curve``, ``oracle`` (normalised by the oracle's
         value at fraction 0), as returned by ``AuSE.compute(return_curves=True)``.
+
+    Returns
+    -------
+    Figure
+        Not yet saved: :func:`save_figure` writes it.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     oracle_drawn = False
     for name, c in curves.items():
         ax.plot(c["fractions"], c["curve"], label=name, lw=1.2)
@@ -138,7 +165,7 @@ def sparsification_figure(curves: dict[str, dict], path: str | Path) -> None:
     ax.set_ylabel("mean Brier error of the rest (normalised)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    save(fig, path)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,8 +186,7 @@ def _family_legend(ax, families: Sequence[str], **kwargs) -> None:
     ax.legend(handles=[Patch(color=_family_color(f), label=f) for f in seen], **kwargs)
 
 
-def meta_bar_figure(rows: Sequence[dict], path: str | Path, r2_floor: float = -1.0,
-                    reference: int | None = None) -> None:
+def meta_bar_figure(rows: Sequence[dict], r2_floor: float = -1.0, reference: int | None = None) -> Figure:
     """Meta classification AuROC and meta regression R² per feature set (the paper's Figure 3).
 
     Horizontal bars with ± one standard deviation over runs as error bars (cut at 100 %); AuROC
@@ -173,17 +199,21 @@ def meta_bar_figure(rows: Sequence[dict], path: str | Path, r2_floor: float = -1
         One per feature set, top to bottom: ``label``, ``family`` (a key of
         :data:`FAMILY_COLORS`), ``auroc``, ``auroc_std``, ``r2``, ``r2_std`` (fractions; NaN where
         undefined).
-    path : path-like
-        Destination PNG.
     r2_floor : float, default -1
         Left end of the R² axis (when some R² is below 0).
     reference : int, optional
         Index of the row (e.g. MetaSeg) whose means are drawn as dotted lines across the panels.
+
+    Returns
+    -------
+    Figure
+        Not yet saved: :func:`save_figure` writes it.
     """
     n = len(rows)
     y = np.arange(n)
     colors = np.array([_family_color(r["family"]) for r in rows], dtype=object)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * n + 1.5), sharey=True, layout="constrained")
+    fig = Figure(figsize=(11, 0.3 * n + 1.5), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, key, title, base in ((axes[0], "auroc", "meta classification: AuROC (test)", 0.5),
                                  (axes[1], "r2", "meta regression: R² (test)", 0.0)):
         mean = np.array([r[key] for r in rows], dtype=float)
@@ -225,22 +255,26 @@ def meta_bar_figure(rows: Sequence[dict], path: str | Path, r2_floor: float = -1
     families = list(dict.fromkeys(r["family"] for r in rows))
     fig.legend(handles=[Patch(color=_family_color(f), label=f) for f in families], loc="outside lower center",
                ncol=min(len(families), 5), fontsize=8, frameon=False)
-    save(fig, path)
+    return fig
 
 
-def roc_figure(curves: dict[str, dict], path: str | Path, title: str = "") -> None:
+def roc_figure(curves: dict[str, dict], title: str = "") -> Figure:
     """ROC curves of meta classifiers.
 
     Parameters
     ----------
     curves : dict
         label → dict with ``fpr``, ``tpr`` (arrays), ``auc`` (float) and optional ``color``.
-    path : path-like
-        Destination PNG.
     title : str
         Axes title.
+
+    Returns
+    -------
+    Figure
+        Not yet saved: :func:`save_figure` writes it.
     """
-    fig, ax = plt.subplots(figsize=(5, 4.6), layout="constrained")
+    fig = Figure(figsize=(5, 4.6), layout="constrained")
+    ax = fig.subplots()
     for label, c in curves.items():
         ax.plot(c["fpr"], c["tpr"], lw=1.5, color=c.get("color"),
                 label=f"{label} (AuROC {100 * c['auc']:.1f} %)")
@@ -253,10 +287,10 @@ def roc_figure(curves: dict[str, dict], path: str | Path, title: str = "") -> No
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    save(fig, path)
+    return fig
 
 
-def iou_scatter_figure(panels: Sequence[dict], path: str | Path) -> None:
+def iou_scatter_figure(panels: Sequence[dict]) -> Figure:
     """Predicted against true IoU, one panel per feature set.
 
     Parameters
@@ -264,11 +298,15 @@ def iou_scatter_figure(panels: Sequence[dict], path: str | Path) -> None:
     panels : sequence of dict
         ``title``, ``iou`` (true IoU_adj), ``pred`` (predicted, clipped to [0, 1]), optional
         ``color``.
-    path : path-like
-        Destination PNG.
+
+    Returns
+    -------
+    Figure
+        Not yet saved: :func:`save_figure` writes it.
     """
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(4.0 * n, 4.2), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(4.0 * n, 4.2), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, p in zip(axes[0], panels):
         iou = np.asarray(p["iou"], dtype=float)
         pred = np.asarray(p["pred"], dtype=float)
@@ -281,11 +319,11 @@ def iou_scatter_figure(panels: Sequence[dict], path: str | Path) -> None:
         ax.set_title(p["title"], fontsize=9)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("predicted IoU")
-    save(fig, path)
+    return fig
 
 
 def correlation_figure(names: Sequence[str], pearson: Sequence[float], spearman: Sequence[float],
-                       path: str | Path, title: str = "") -> None:
+                       title: str = "") -> Figure:
     """Pearson and Spearman correlation of segment features with the IoU, top to bottom.
 
     Parameters
@@ -294,14 +332,18 @@ def correlation_figure(names: Sequence[str], pearson: Sequence[float], spearman:
         Feature names, in display order (top first).
     pearson, spearman : sequence of float
         Correlation coefficients, same order.
-    path : path-like
-        Destination PNG.
     title : str
         Axes title.
+
+    Returns
+    -------
+    Figure
+        Not yet saved: :func:`save_figure` writes it.
     """
     n = len(names)
     y = np.arange(n)
-    fig, ax = plt.subplots(figsize=(6.5, 0.3 * n + 1.3), layout="constrained")
+    fig = Figure(figsize=(6.5, 0.3 * n + 1.3), layout="constrained")
+    ax = fig.subplots()
     ax.barh(y - 0.19, pearson, height=0.38, color="#4c72b0", label="Pearson")
     ax.barh(y + 0.19, spearman, height=0.38, color="#dd8452", label="Spearman")
     ax.axvline(0, color="black", lw=0.8)
@@ -313,11 +355,11 @@ def correlation_figure(names: Sequence[str], pearson: Sequence[float], spearman:
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(fontsize=8, loc="lower right" if np.nanmean(np.asarray(pearson, float)) < 0 else "lower left")
-    save(fig, path)
+    return fig
 
 
-def frame_figure(panels: Sequence[dict], path: str | Path, ncols: int = 4, title: str = "",
-                 legend: Sequence[tuple[str, Sequence[int]]] = ()) -> None:
+def frame_figure(panels: Sequence[dict], ncols: int = 4, title: str = "",
+                 legend: Sequence[tuple[str, Sequence[int]]] = ()) -> Figure:
     """One frame as a grid of pictures: image, label maps and heatmaps (the paper's Figures 1, 4).
 
     Parameters
@@ -331,14 +373,17 @@ def frame_figure(panels: Sequence[dict], path: str | Path, ncols: int = 4, title
           colour bar below;
         - ``"iou"``: ``data`` (H, W) float in [0, 1], NaN where there is no segment (grey), red
           (0) to green (1), with a colour bar below.
-    path : path-like
-        Destination PNG.
     ncols : int, default 4
         Panels per row.
     title : str
         Figure title.
     legend : sequence of (str, RGB)
         Colour legend drawn under the grid (e.g. the classes present), RGB in 0..255.
+
+    Returns
+    -------
+    Figure
+        Not yet saved: :func:`save_figure` writes it.
     """
     n = len(panels)
     ncols = max(1, min(ncols, n))
@@ -353,7 +398,7 @@ def frame_figure(panels: Sequence[dict], path: str | Path, ncols: int = 4, title
     legend_h = 0.22 * legend_rows + (0.1 if legend else 0.0)
     fig_w = ncols * pw + (ncols - 1) * gap
     fig_h = top + nrows * row_h + legend_h
-    fig = plt.figure(figsize=(fig_w, fig_h))
+    fig = Figure(figsize=(fig_w, fig_h))
     for k, p in enumerate(panels):
         r, c = divmod(k, ncols)
         x = c * (pw + gap)
@@ -369,7 +414,7 @@ def frame_figure(panels: Sequence[dict], path: str | Path, ncols: int = 4, title
             ax.imshow(data, interpolation="nearest", aspect="auto")
             continue
         if p["kind"] == "iou":
-            cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#b0b0b0")
+            cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#b0b0b0")
             im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=1, interpolation="nearest",
                            aspect="auto")
             ticks = [0.0, 0.5, 1.0]
@@ -395,7 +440,7 @@ def frame_figure(panels: Sequence[dict], path: str | Path, ncols: int = 4, title
         handles = [Patch(color=np.asarray(c, dtype=float) / 255.0, label=name) for name, c in legend]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7.5,
                    frameon=False, bbox_to_anchor=(0.5, 0.0), handlelength=1.2, columnspacing=1.2)
-    save(fig, path)
+    return fig
 
 
 def _short_number(v: float) -> str:
@@ -407,8 +452,7 @@ def _short_number(v: float) -> str:
     return f"{v:.2g}"
 
 
-def ood_bar_figure(datasets: dict[str, Sequence[dict]], path: str | Path,
-                   metric_label: str = "AuPRC") -> None:
+def ood_bar_figure(datasets: dict[str, Sequence[dict]], metric_label: str = "AuPRC") -> Figure:
     """One horizontal bar chart per OoD dataset: a pixel-level metric per method.
 
     Parameters
@@ -416,17 +460,20 @@ def ood_bar_figure(datasets: dict[str, Sequence[dict]], path: str | Path,
     datasets : dict
         dataset title → sequence of dict with ``label``, ``family`` and ``value`` (a fraction;
         NaN where undefined), top to bottom.
-    path : path-like
-        Destination PNG.
     metric_label : str
         Name of the metric on the x axis.
+
+    Returns
+    -------
+    Figure
+        Not yet saved: :func:`save_figure` writes it.
     """
     n = len(datasets)
     lists = [[it["label"] for it in items] for items in datasets.values()]
     same = all(lst == lists[0] for lst in lists)
     rows = max(len(v) for v in lists)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + (1.6 if same else 1.6 * n), 0.28 * rows + 1.5),
-                             squeeze=False, sharey=same, layout="constrained")
+    fig = Figure(figsize=(3.6 * n + (1.6 if same else 1.6 * n), 0.28 * rows + 1.5), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False, sharey=same)
     families = []
     for ax, (name, items) in zip(axes[0], datasets.items()):
         y = np.arange(len(items))
@@ -450,4 +497,4 @@ def ood_bar_figure(datasets: dict[str, Sequence[dict]], path: str | Path,
     families = list(dict.fromkeys(families))
     fig.legend(handles=[Patch(color=_family_color(f), label=f) for f in families], loc="outside lower center",
                ncol=min(len(families), 6), fontsize=8, frameon=False)
-    save(fig, path)
+    return fig

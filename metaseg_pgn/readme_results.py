@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from .io import atomic_write
-from .names import method_label
+from .names import feature_set_label, method_label, order_feature_sets
+from .report.context import inverted_scores
+from .report.fmt import DASH, fmt_num, fmt_pct, fmt_pm, fmt_pp, folder_size
 from .run import RUN_INFO
-from .stages.report import (DASH, feature_set_label, fmt_num, fmt_pct, fmt_pm, fmt_pp, folder_size,
-                            inverted_scores, order_feature_sets)
 
 BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"

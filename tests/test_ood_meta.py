@@ -587,33 +587,45 @@ def test_report_shows_the_summary_and_a_frame_before_and_after(tiny_stage):
 
 def test_report_compares_meta_models_per_feature_set():
     import sys
-    from types import SimpleNamespace
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from test_meta import synthetic_table
 
     from metaseg_pgn import meta
-    from metaseg_pgn.stages.report import Doc
-    from metaseg_pgn.stages.report_ood_meta import model_comparison, primary_model
+    from metaseg_pgn.report.context import model_comparison, primary_model
 
     results = meta.evaluate(synthetic_table(n_frames=12), ["entropy", "pgn_oh"], n_runs=2, models=["linear", "gbt"])
     summary = meta.summarise(results)
     model, s1, r1, _ = primary_model(summary, results, None)
     assert model == "linear" and (s1["model"] == "linear").all() and len(r1) == len(results) // 2
-    doc = Doc("t")
-    model_comparison(SimpleNamespace(doc=doc), summary)
-    table = next(b for b in doc.blocks if b[0] == "table")
-    assert table[1] == ["Feature set", "key", "AuROC linear (%)", "AuROC gbt (%)", "R² linear (%)", "R² gbt (%)"]
-    for row in table[2]:
-        fs = row[1].strip("`")
-        for k, (metric, m) in enumerate([("auroc", "linear"), ("auroc", "gbt"), ("r2", "linear"), ("r2", "gbt")]):
-            ref = summary[(summary["feature_set"] == fs) & (summary["model"] == m)].iloc[0]
-            mean = float(row[2 + k].replace("**", "").split(" ± ")[0])
-            assert mean == pytest.approx(100 * ref[f"{metric}_test_mean"], abs=0.0051)
+    table = model_comparison(summary)
+    assert table["models"] == ["linear", "gbt"]
+    assert [r["key"] for r in table["rows"]] == ["pgn_oh", "entropy"]  # the paper's order
+    for row in table["rows"]:
+        for metric in ("auroc", "r2"):
+            best = max(range(2), key=lambda k: row[metric][k]["mean"])
+            for k, m in enumerate(["linear", "gbt"]):
+                ref = summary[(summary["feature_set"] == row["key"]) & (summary["model"] == m)].iloc[0]
+                assert row[metric][k]["mean"] == ref[f"{metric}_test_mean"]
+                assert row[metric][k]["std"] == ref[f"{metric}_test_std"]
+                assert row[metric][k]["best"] == (k == best and row[metric][0]["mean"] != row[metric][1]["mean"])
+    # the rendered table: one column per model and metric, the numbers of the summary, the best bold
+    from metaseg_pgn.report.render import render_markdown
+
+    md = render_markdown({"comparison": table}, "meta_models.md.j2")
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert lines[0] == "| Feature set | key | AuROC linear (%) | AuROC gbt (%) | R² linear (%) | R² gbt (%) |"
+    assert lines[1] == "| --- | --- | ---: | ---: | ---: | ---: |"
+    for line, row in zip(lines[2:], table["rows"], strict=True):
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert cells[1] == f"`{row['key']}`"
+        for cell, v in zip(cells[2:], row["auroc"] + row["r2"], strict=True):
+            mean, std = cell.strip("*").split(" ± ")
+            assert float(mean) == pytest.approx(100 * v["mean"], abs=0.0051)
+            assert float(std) == pytest.approx(100 * v["std"], abs=0.0051)
+            assert cell.startswith("**") == v["best"]
     # one model: no comparison table
-    doc = Doc("t")
-    model_comparison(SimpleNamespace(doc=doc), s1)
-    assert doc.blocks == []
+    assert model_comparison(s1) is None
 
 
 def test_a_feature_set_without_its_maps_is_named(world):

@@ -269,7 +269,7 @@ def _md_table(text: str, first_header: str) -> list[list[str]]:
 def test_readme_results_tables_equal_the_runs_csvs(deep_run, tmp_path):
     from metaseg_pgn import readme_results
     from metaseg_pgn.names import method_label
-    from metaseg_pgn.stages.report import feature_set_label
+    from metaseg_pgn.names import feature_set_label
 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\nbefore\n\n<!-- results:begin -->\nold numbers\n<!-- results:end -->\n\nafter\n")

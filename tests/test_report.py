@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -15,6 +16,10 @@ from PIL import Image
 from conftest import tiny_overrides
 from metaseg_pgn import config as config_mod
 from metaseg_pgn.metrics.ood import VERSIONS
+from metaseg_pgn.names import method_label, order_feature_sets
+from metaseg_pgn.report import fmt
+from metaseg_pgn.report.context import published
+from metaseg_pgn.report.stats import feature_correlations
 from metaseg_pgn.run import run_pipeline
 from metaseg_pgn.stages import report
 from metaseg_pgn.stages.common import RunContext
@@ -92,7 +97,7 @@ def test_report_files_and_figures(tiny_run):
     folder = _folder(tiny_run)
     md, html = _texts(tiny_run)
     md_figs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    html_figs = re.findall(r'<img src="([^"]+)"', html)
+    html_figs = re.findall(r'<img [^>]*\bsrc="([^"]+)"', html)
     assert md_figs and md_figs == html_figs
     assert {"meta_bars.png", "meta_roc.png", "meta_iou_scatter.png", "feature_correlation.png",
             "pixel_reliability.png", "pixel_sparsification.png", "ood_auprc.png"} <= set(md_figs)
@@ -115,7 +120,11 @@ def test_report_files_and_figures(tiny_run):
     for section in ("Run", "Meta classification and meta regression", "Example frames",
                     "Pixel-level evaluation", "OoD segmentation"):
         assert f"\n## {section}\n" in md
-        assert f'id="{report.slug(section)}"' in html
+        assert f'id="{fmt.slug(section)}"' in html
+    # every figure of the HTML is a <figure> with its caption, linked to the full-size file
+    figures = re.findall(r'<figure><a href="([^"]+)"><img [^>]*src="([^"]+)"[^>]*></a><figcaption>Figure (\d+)\. ', html)
+    assert [(a, b) for a, b, _ in figures] == [(f, f) for f in md_figs]
+    assert [int(n) for _, _, n in figures] == list(range(1, len(md_figs) + 1))
 
 
 def test_meta_tables_match_summary(tiny_run):
@@ -173,7 +182,7 @@ def test_ood_tables_match_csv(tiny_run):
         # The generated sentence names the best method by AuPRC, with its value.
         best = part["AuPRC_smiyc"].idxmax()
         sentence = next(line for line in md.splitlines() if line.startswith(f"On `{ds}` the highest AuPRC"))
-        assert f"{100 * part.loc[best, 'AuPRC_smiyc']:.2f} % ({report.method_label(best)})" in sentence
+        assert f"{100 * part.loc[best, 'AuPRC_smiyc']:.2f} % ({method_label(best)})" in sentence
         assert "entropy" in sentence and "max softmax" in sentence and "ensemble" in sentence
 
 
@@ -207,28 +216,109 @@ def test_missing_stages_are_named(tiny_run, tmp_path):
     assert len(re.findall(r"!\[[^\]]*\]\((example_synthetic-val[^)]+)\)", md)) == 1
 
 
-def test_feature_correlations_against_scipy():
-    stats = pytest.importorskip("scipy.stats")
+def _brute_force_correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson from its definition in exact rational arithmetic (float inputs are exact rationals),
+    Spearman as Pearson of the average ranks (ties share the mean of their positions)."""
+    from fractions import Fraction
+
+    def pearson(a, b):
+        a, b = [Fraction(float(v)) for v in a], [Fraction(float(v)) for v in b]
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        cov = sum((u - ma) * (v - mb) for u, v in zip(a, b))
+        return float(cov) / math.sqrt(float(sum((u - ma) ** 2 for u in a)) * float(sum((v - mb) ** 2 for v in b)))
+
+    def ranks(a):
+        order = sorted(range(len(a)), key=lambda i: a[i])
+        r = [0.0] * len(a)
+        i = 0
+        while i < len(a):
+            j = i
+            while j + 1 < len(a) and a[order[j + 1]] == a[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2 + 1
+            i = j + 1
+        return r
+
+    return pearson(x, y), pearson(ranks(list(x)), ranks(list(y)))
+
+
+def test_feature_correlations_against_brute_force(recwarn):
     rng = np.random.default_rng(0)
-    iou = rng.random(200)
+    iou = np.round(rng.random(200), 2)  # ties in the target, as IoU_adj has (0 for a fifth of segments)
+    iou[:40] = 0.0
     df = pd.DataFrame({"a_mean": iou * 3 + rng.normal(0, 0.5, 200),
                        "b_mean": np.exp(40 * rng.random(200)) * 1e20,  # PGN-like range, no overflow
-                       "c_mean": -iou ** 3, "const_mean": np.ones(200)})
-    corr = report.feature_correlations(df, list(df.columns), iou).set_index("feature")
-    assert "const_mean" not in corr.index
-    for c in ("a_mean", "b_mean", "c_mean"):
-        assert corr.loc[c, "pearson"] == pytest.approx(stats.pearsonr(df[c], iou)[0], abs=1e-9)
-        assert corr.loc[c, "spearman"] == pytest.approx(stats.spearmanr(df[c], iou)[0], abs=1e-9)
+                       "c_mean": -iou ** 3, "d_mean": np.round(rng.random(200), 1),  # ties in a feature
+                       "const_mean": np.ones(200)})
+    corr = feature_correlations(df, list(df.columns), iou).set_index("feature")
+    assert "const_mean" not in corr.index  # undefined: left out, and without a warning
+    assert not [w for w in recwarn if "onstant" in str(w.message)]
+    for c in ("a_mean", "b_mean", "c_mean", "d_mean"):
+        pearson, spearman = _brute_force_correlations(df[c].to_numpy(), iou)
+        assert corr.loc[c, "pearson"] == pytest.approx(pearson, abs=1e-12)
+        assert corr.loc[c, "spearman"] == pytest.approx(spearman, abs=1e-12)
     assert list(corr.index)[0] == "c_mean"  # |Spearman| = 1 first
+    assert list(corr.index) == sorted(corr.index, key=lambda c: -abs(corr.loc[c, "spearman"]))
+    # a constant target: every correlation is undefined, no warning
+    assert feature_correlations(df, list(df.columns), np.full(200, 0.5)).empty
+    assert not [w for w in recwarn if "onstant" in str(w.message)]
 
 
 def test_formatting():
-    assert report.fmt_pct(0.85714) == "85.71" and report.fmt_pct(float("nan")) == "–"
-    assert report.fmt_pm(0.5, 0.01234) == "50.00 ± 1.23" and report.fmt_pm(None, 0.1) == "–"
-    assert report.fmt_num(pd.NA) == "–" and report.fmt_num(0.123456) == "0.1235"
-    assert report.order_feature_sets(["entropy", "pgn_uni_p2", "metaseg+pgn", "pgn_uni_p0_5", "mine", "metaseg"]) \
+    assert fmt.fmt_pct(0.85714) == "85.71" and fmt.fmt_pct(float("nan")) == "–"
+    assert fmt.fmt_pm(0.5, 0.01234) == "50.00 ± 1.23" and fmt.fmt_pm(None, 0.1) == "–"
+    assert fmt.fmt_num(pd.NA) == "–" and fmt.fmt_num(0.123456) == "0.1235"
+    assert order_feature_sets(["entropy", "pgn_uni_p2", "metaseg+pgn", "pgn_uni_p0_5", "mine", "metaseg"]) \
         == ["metaseg", "pgn_uni_p0_5", "pgn_uni_p2", "metaseg+pgn", "entropy", "mine"]
-    assert report.method_label("pgn_deep_uni_p0_5") == "PGN uniform, p = 0.5 (deeper layer)"
+    assert method_label("pgn_deep_uni_p0_5") == "PGN uniform, p = 0.5 (deeper layer)"
+    assert fmt.md_escape("_target_ a*b") == "\\_target\\_ a\\*b"
+
+
+def test_published_values_are_cited_and_shown(tiny_run):
+    """Every published table carries its citation, and the report shows its numbers."""
+    ref = published()
+    md, _ = _texts(tiny_run)
+    for part in ("meta", "pixel", "ood"):
+        assert "Maag & Riedlinger" in ref[part]["citation"]
+    assert "Rottmann" in ref["meta"]["citation"]
+    assert f"MetaSeg reports AuROC {ref['meta']['metaseg_auroc']:.2f} % and R² {ref['meta']['metaseg_r2']:.2f} %" in md
+    rows = _table(md, "Pixel-level evaluation", "Method (published),ECE,AuSE")
+    assert [(r["Method (published)"], float(r["ECE"]), float(r["AuSE"])) for r in rows] == \
+        [(r["method"], r["ECE"], r["AuSE"]) for r in ref["pixel"]["rows"]]
+    rows = _table(md, "OoD segmentation", "Dataset (published),AuPRC,FPR95")
+    assert [[r["Dataset (published)"], *(float(r[c]) for c in ref["ood"]["columns"])] for r in rows] == \
+        [[d["name"], *d["values"]] for d in ref["ood"]["datasets"].values()]
+
+
+def test_plots_and_the_report_leave_the_matplotlib_backend_alone(tiny_run, tmp_path):
+    """Importing ``metaseg_pgn.plots`` and writing the report keep a user's backend (no matplotlib.use)."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import numpy as np\n"
+            "import metaseg_pgn.plots as plots, metaseg_pgn.stages.report\n"
+            "fig = plots.roc_figure({'a': {'fpr': np.r_[0., 1.], 'tpr': np.r_[0., 1.], 'auc': 0.5}})\n"
+            f"plots.save_figure(fig, {str(tmp_path / 'roc.png')!r})\n"
+            "import matplotlib.pyplot as plt; assert plt.get_fignums() == []\n"
+            "print(matplotlib.get_backend())")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"
+    assert (tmp_path / "roc.png").read_bytes()[:8] == PNG_SIGNATURE
+    # the report itself, in this process, under another backend than Agg
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        shutil.rmtree(_folder(tiny_run))
+        report.run(RunContext(tiny_run))
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
 
 
 def test_an_untrained_network_is_said_in_the_first_line(tiny_run):
@@ -236,3 +326,16 @@ def test_an_untrained_network_is_said_in_the_first_line(tiny_run):
     first = [line for line in md.splitlines()[1:] if line.strip()][0]
     assert "Untrained network" in first and "model.init=random" in first
     assert "Untrained network" in html
+
+
+def test_the_wheel_ships_the_report_templates():
+    """Every template, style sheet and data file of ``metaseg_pgn/report`` is package data in pyproject."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["metaseg_pgn"]
+    shipped = {p for g in globs for p in (root / "metaseg_pgn").glob(g)}
+    data = {p for p in (root / "metaseg_pgn" / "report").rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    assert data and {p.suffix for p in data} >= {".j2", ".css", ".yaml"}
+    assert data <= shipped, sorted(str(p) for p in data - shipped)

@@ -159,12 +159,13 @@ def _plain(obj):
 
 
 def _figures(folder, table: pd.DataFrame, curves: dict) -> None:
-    from ..plots import reliability_figure, sparsification_figure
+    from ..plots import reliability_figure, save_figure, sparsification_figure
 
     shown = _figure_methods(table)
-    reliability_figure({method_label(m): curves[m]["reliability"] for m in shown}, folder / "reliability.png")
-    sparsification_figure({method_label(m): curves[m]["sparsification"] for m in shown},
-                          folder / "sparsification.png")
+    save_figure(reliability_figure({method_label(m): curves[m]["reliability"] for m in shown}),
+                folder / "reliability.png")
+    save_figure(sparsification_figure({method_label(m): curves[m]["sparsification"] for m in shown}),
+                folder / "sparsification.png")
 
 
 def _figure_methods(table: pd.DataFrame) -> list[str]:

@@ -1,0 +1,202 @@
+"""The report's example frames (the paper's Figures 1 and 4): panels of stored per-frame outputs.
+
+Each figure shows one frame: the input image, the ground truth, the prediction, uncertainty maps
+from the frame's ``infer`` record, and for frames of the evaluated set the segment-wise IoU_adj,
+true and predicted by the meta regression. Colours of the OoD panels are fixed here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.palette import CLASS_NAMES, PALETTE, colorize
+from ..names import feature_set_label, method_label
+from ..plots import frame_figure
+from .context import Figures, Inputs
+from .fmt import safe_name
+
+log = logging.getLogger("metaseg_pgn")
+
+#: PGN maps preferred in the example frames (the OoD paper's choice, then Table 1's).
+PGN_PREFERENCE = ("pgn_last_uni_p0_5", "pgn_last_oh_p2")
+#: Colours of the OoD ground truth (RGB): in-distribution, anomaly; void stays black.
+OOD_IN_RGB, OOD_ANOMALY_RGB = (200, 200, 200), (255, 140, 0)
+#: Sampling baselines shown where a panel is free (first present).
+BASELINE_PREFERENCE = ("ens_E", "mcd_E", "V")
+
+
+def read_record(inp: Inputs, o: dict, frame_id: str):
+    """The ``infer`` record of one frame (checked against the fingerprints infer recorded)."""
+    from ..store import read_record as read
+
+    return read(inp.run_dir / o["records"] / f"{frame_id}.npz", o["fingerprints"])
+
+
+def load_image(inp: Inputs, key: str, frame_id: str) -> np.ndarray | None:
+    """The frame's input image, (H, W, 3) uint8, or None where it cannot be read."""
+    ds_cfg = inp.datasets.get(key)
+    if ds_cfg is None:
+        return None
+    from ..data.base import DataError
+    from ..stages.infer import make_dataset
+
+    try:
+        return make_dataset(ds_cfg).load(frame_id).image
+    except (DataError, OSError, KeyError, ValueError) as e:
+        log.warning("report: cannot load image %s of %s (%s)", frame_id, key, e)
+        return None
+
+
+def paint(segments: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A per-pixel map of per-segment values.
+
+    Parameters
+    ----------
+    segments : ndarray, shape (H, W), int
+        Segment id per pixel (0: no segment).
+    ids, values : ndarray, shape (K,)
+        Segment ids (≥ 1) and their values.
+
+    Returns
+    -------
+    ndarray, shape (H, W), float64
+        The value of each pixel's segment; NaN for id 0 and segments without a value.
+    """
+    lut = np.full(int(segments.max()) + 1, np.nan)
+    ok = (ids >= 1) & (ids < lut.size)
+    lut[ids[ok]] = values[ok]
+    return lut[segments]
+
+
+def ood_colors(label: np.ndarray) -> np.ndarray:
+    """An OoD label map (0, 1, 255) as RGB, (H, W, 3) uint8."""
+    out = np.zeros(label.shape + (3,), dtype=np.uint8)
+    out[label == 0] = OOD_IN_RGB
+    out[label == 1] = OOD_ANOMALY_RGB
+    return out
+
+
+def example_pgn(names: Sequence[str]) -> list[str]:
+    """Up to two PGN maps to show: the preferred ones present, else the first of each label."""
+    chosen = [m for m in PGN_PREFERENCE if m in names]
+    for label in ("_uni_", "_oh_"):
+        if not any(label in m for m in chosen):
+            chosen += [m for m in names if label in m][:1]
+    return chosen[:2]
+
+
+def evenly(items: Sequence[str], k: int) -> list[str]:
+    """``k`` items spread evenly over the sequence, first and last included (all if fewer)."""
+    if k <= 0 or not items:
+        return []
+    idx = np.unique(np.round(np.linspace(0, len(items) - 1, min(k, len(items)))).astype(int))
+    return [items[i] for i in idx]
+
+
+def _heat(maps: dict, m: str) -> dict:
+    return {"title": method_label(m), "kind": "heat", "data": maps[m]}
+
+
+def examples_section(inp: Inputs, figures: Figures, predictions: pd.DataFrame | None) -> dict:
+    """Example frames of the evaluated dataset (test frames of run 0 first) and one per OoD set."""
+    n = int(inp.settings.get("example_frames", 3))
+    if n <= 0:
+        return {"disabled": True, "figures": []}
+    out = inp.infer["outputs"]
+    shown = []
+    ev = out.get(inp.key) if inp.key else None
+    if ev:
+        fs, frames = _example_frames(ev, n, predictions)
+        shown += [_semantic_frame(inp, figures, ev, f, fs, predictions) for f in frames]
+    shown += [_ood_frame(inp, figures, key, o) for key, o in out.items() if o.get("label_kind") == "ood" and o["frames"]]
+    return {"disabled": False, "figures": shown}
+
+
+def _example_frames(ev: dict, n: int, pred: pd.DataFrame | None) -> tuple[str | None, list[str]]:
+    """The feature set whose predicted IoU is shown and the frames to show.
+
+    Frames of the test part of run 0 first (their predicted IoU is out of sample), evenly
+    spaced, then other frames, evenly spaced, up to ``n``.
+    """
+    fs, tested = None, set()
+    if pred is not None and not pred.empty and "frame_id" in pred.columns:
+        have = set(pred["feature_set"])
+        fs = next((s for s in ("metaseg+pgn", "metaseg") if s in have), None)
+        if fs:
+            tested = set(pred.loc[pred["feature_set"] == fs, "frame_id"].astype(str))
+    first = evenly([f for f in ev["frames"] if f in tested], n)
+    return fs, first + evenly([f for f in ev["frames"] if f not in tested], n - len(first))
+
+
+def _semantic_frame(inp: Inputs, figures: Figures, ev: dict, frame_id: str, fs: str | None,
+                    pred: pd.DataFrame | None) -> dict:
+    from ..segments import adjusted_iou, label_segments
+
+    record = read_record(inp, ev, frame_id)
+    maps = record.pixel_maps()
+    panels = []
+    image = load_image(inp, inp.key, frame_id)
+    if image is not None:
+        panels.append({"title": "image", "kind": "rgb", "data": image})
+    if record.label is not None:
+        panels.append({"title": "ground truth", "kind": "rgb", "data": colorize(record.label)})
+    panels.append({"title": "prediction", "kind": "rgb", "data": colorize(record.pred)})
+    panels.append({"title": "entropy E", "kind": "heat", "data": maps["E"]})
+    panels += [_heat(maps, m) for m in example_pgn(record.pgn_names)]
+    caption = f"`{inp.key}` frame `{frame_id}`: image, ground truth, prediction and uncertainty maps"
+    if record.label is not None and record.label_kind == "semantic":
+        segments, n = label_segments(record.pred, record.label)
+        iou = adjusted_iou(segments, record.pred, record.label)
+        panels.append({"title": "true IoU$_{adj}$ per segment", "kind": "iou",
+                       "data": paint(segments, np.arange(1, n + 1), iou)})
+        if fs is not None:
+            part = pred[(pred["feature_set"] == fs) & (pred["frame_id"].astype(str) == frame_id)]
+            if len(part):
+                panels.append({"title": f"predicted IoU ({feature_set_label(fs)})", "kind": "iou",
+                               "data": paint(segments, part["segment_id"].to_numpy(int),
+                                             part["iou_pred"].to_numpy(float))})
+                caption += (f"; segment-wise IoU_adj, true and predicted by meta regression on "
+                            f"{feature_set_label(fs)} features (a test frame of run 0)")
+    if len(panels) % 4:  # fill the grid with a sampling baseline where there is one
+        panels += [_heat(maps, m) for m in BASELINE_PREFERENCE if m in maps][:1]
+    classes = np.unique(np.concatenate([np.unique(record.pred), np.unique(record.label)
+                                        if record.label is not None else np.array([], np.uint8)]))
+    legend = [(CLASS_NAMES[c], PALETTE[c]) for c in classes if c < len(CLASS_NAMES)]
+    return figures.add(f"example_{safe_name(inp.key)}_{safe_name(frame_id)}.png",
+                       lambda: frame_figure(panels, ncols=4, legend=legend), caption + ".")
+
+
+def _ood_frame(inp: Inputs, figures: Figures, key: str, o: dict) -> dict:
+    frame_id, record = _pick_ood_frame(inp, o)
+    maps = record.pixel_maps()
+    panels = []
+    image = load_image(inp, key, frame_id)
+    if image is not None:
+        panels.append({"title": "image", "kind": "rgb", "data": image})
+    if record.label is not None:
+        panels.append({"title": "OoD ground truth", "kind": "rgb", "data": ood_colors(record.label)})
+    panels.append({"title": "prediction", "kind": "rgb", "data": colorize(record.pred)})
+    panels.append({"title": "entropy E", "kind": "heat", "data": maps["E"]})
+    pgn = example_pgn(record.pgn_names)[:1]
+    panels += [_heat(maps, m) for m in pgn]
+    panels += [_heat(maps, m) for m in BASELINE_PREFERENCE if m in maps][:1]
+    legend = [("in-distribution", OOD_IN_RGB), ("anomaly", OOD_ANOMALY_RGB), ("void", (0, 0, 0))]
+    return figures.add(f"example_{safe_name(key)}_{safe_name(frame_id)}.png",
+                       lambda: frame_figure(panels, ncols=3, legend=legend),
+                       f"`{key}` frame `{frame_id}` (OoD): image, OoD ground truth, prediction, entropy, "
+                       f"{', '.join(method_label(m) for m in pgn) or 'no PGN map'} and a baseline score.")
+
+
+def _pick_ood_frame(inp: Inputs, o: dict):
+    """Among the first frames, the one with the most anomaly pixels (first on ties)."""
+    best = None
+    for frame_id in o["frames"][:8]:
+        record = read_record(inp, o, frame_id)
+        count = int((record.label == 1).sum()) if record.label is not None else 0
+        if best is None or count > best[0]:
+            best = (count, frame_id, record)
+    return best[1], best[2]

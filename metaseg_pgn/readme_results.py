@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pandas as pd
 from .io import atomic_write
 from .names import feature_set_label, method_label, order_feature_sets
 from .report.context import inverted_scores
-from .report.fmt import DASH, fmt_num, fmt_pct, fmt_pm, fmt_pp, folder_size
+from .report.fmt import DASH, best_index, fmt_num, fmt_pct, fmt_pm, fmt_pp, folder_size
 from .run import RUN_INFO
 
 BEGIN = "<!-- results:begin -->"
@@ -39,14 +38,6 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ResultsError(f"{path}: missing; run `python -m metaseg_pgn.run` (all stages) into this folder first")
     return json.loads(path.read_text())
-
-
-def _best(values: list[float], lower: bool = False) -> set[int]:
-    finite = [v for v in values if not math.isnan(v)]
-    if len(finite) < 2 or min(finite) == max(finite):
-        return set()
-    target = min(finite) if lower else max(finite)
-    return {i for i, v in enumerate(values) if v == target}
 
 
 def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
@@ -115,7 +106,7 @@ def meta_section(run_dir: Path) -> list[str]:
     names = [n for n in order_feature_sets(by_name) if not _single_p(n)]
     au = [float(by_name[n]["auroc_test_mean"]) for n in names]
     r2 = [float(by_name[n]["r2_test_mean"]) for n in names]
-    best_au, best_r2 = _best(au), _best(r2)
+    best_au, best_r2 = best_index(au), best_index(r2)
     rows = []
     for i, n in enumerate(names):
         r = by_name[n]
@@ -162,7 +153,7 @@ def ood_section(run_dir: Path) -> list[str]:
     cols = [("AuPRC_smiyc", "AuPRC", False), ("FPR95_smiyc", "FPR95", True), ("F1_mean_smiyc", "mean F1", False)]
     values = {(k, c): [float(table[(table["dataset"] == k) & (table["method"] == m)][c].iloc[0]) for m in methods]
               for k in keys for c, _, _ in cols}
-    best = {(k, c): _best(values[k, c], lower) for k in keys for c, _, lower in cols}
+    best = {(k, c): best_index(values[k, c], lower) for k in keys for c, _, lower in cols}
     inverted = {k: inverted_scores(table[table["dataset"] == k]) for k in keys}
     rows = []
     for i, m in enumerate(methods):
@@ -195,7 +186,8 @@ def pixel_section(run_dir: Path) -> list[str]:
         if len(part):
             keep.append(part.sort_values("AuSE")["method"].iloc[0])
     part = table.set_index("method").loc[keep]
-    best_e, best_a = _best(list(part["ECE"].astype(float)), True), _best(list(part["AuSE"].astype(float)), True)
+    best_e = best_index(list(part["ECE"].astype(float)), True)
+    best_a = best_index(list(part["AuSE"].astype(float)), True)
     rows = []
     for i, (m, r) in enumerate(part.iterrows()):
         e, a = fmt_num(r["ECE"]), fmt_num(r["AuSE"])

@@ -122,7 +122,8 @@ def test_report_files_and_figures(tiny_run):
         assert f"\n## {section}\n" in md
         assert f'id="{fmt.slug(section)}"' in html
     # every figure of the HTML is a <figure> with its caption, linked to the full-size file
-    figures = re.findall(r'<figure><a href="([^"]+)"><img [^>]*src="([^"]+)"[^>]*></a><figcaption>Figure (\d+)\. ', html)
+    figures = re.findall(r'<figure><a href="([^"]+)"><img [^>]*src="([^"]+)"[^>]*></a>'
+                         r'<figcaption>Figure (\d+)\. ', html)
     assert [(a, b) for a, b, _ in figures] == [(f, f) for f in md_figs]
     assert [int(n) for _, _, n in figures] == list(range(1, len(md_figs) + 1))
 
@@ -150,6 +151,7 @@ def test_meta_tables_match_summary(tiny_run):
 def test_pixel_table_matches_csv(tiny_run):
     md, _ = _texts(tiny_run)
     table = pd.read_csv(Path(tiny_run["run_dir"]) / "pixel_eval" / "pixel_eval.csv")
+    assert f"ECE with {tiny_run['pixel_eval']['n_bins']} equal-width bins" in md  # from pixel_eval's manifest
     rows = _table(md, "Pixel-level evaluation", "Method,key,ECE")
     assert [_clean(r["key"]) for r in rows] == list(table["method"])
     for r, (_, t) in zip(rows, table.iterrows()):

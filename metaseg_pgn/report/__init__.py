@@ -57,4 +57,4 @@ def write_report(inp: Inputs, folder: Path) -> list[str]:
     return figures.written
 
 
-__all__ = ["Inputs", "Figures", "SECTIONS", "report_data", "write_report", "render_markdown", "render_html"]
+__all__ = ["SECTIONS", "Figures", "Inputs", "render_html", "render_markdown", "report_data", "write_report"]

@@ -342,8 +342,9 @@ def _meta_figures(rows: Sequence[pd.Series], results: pd.DataFrame, pred: pd.Dat
                        "iou": part["iou"].to_numpy(float), "pred": part["iou_pred"].to_numpy(float),
                        "color": FAMILY_COLORS[feature_set_family(name)]})
     if panels:
-        out["scatter"] = figures.add("meta_iou_scatter.png", lambda: iou_scatter_figure(panels),
-                                     "Predicted against true IoU_adj per segment (meta regression, test part of run 0).")
+        out["scatter"] = figures.add(
+            "meta_iou_scatter.png", lambda: iou_scatter_figure(panels),
+            "Predicted against true IoU_adj per segment (meta regression, test part of run 0).")
     return out
 
 
@@ -419,7 +420,8 @@ def pixel_section(inp: Inputs, figures: Figures) -> dict:
     shown = [figures.copy(inp.path(rel), "pixel_" + Path(rel).name,
                           PIXEL_CAPTIONS.get(Path(rel).name, Path(rel).name) + " (written by `pixel_eval`)")
              for rel in outs.get("figures", []) if inp.path(rel).exists()]
-    data.update(miou=outs.get("mIoU"), classes=classes, n_bins=(man.get("config") or {}).get("n_bins"), rows=rows,
+    n_bins = ((man.get("config") or {}).get("pixel_eval") or {}).get("n_bins")
+    data.update(miou=outs.get("mIoU"), classes=classes, n_bins=n_bins, rows=rows,
                 notes=[(n, list(table.loc[table["note"] == n, "method"])) for n in dict.fromkeys(notes) if n],
                 lowest=lowest, paper_pair=(by_method.get("V"), by_method.get("pgn_last_oh_p2")), figures=shown)
     return data

@@ -73,7 +73,8 @@ def _rows(part: pd.DataFrame, mode: str, model: str) -> list[dict]:
                          "benchmark": name == "benchmark threshold",
                          **{c: (r[f"{c}_{mode}_mean"], r[f"{c}_{mode}_std"]) for c in ("sIoU_gt", "PPV", "F1_mean")},
                          "gain": r.get("F1_mean_gain_mean", math.nan) if is_after else math.nan,
-                         "removed": r.get("n_removed_mean", math.nan), "candidates": r.get("n_candidates_mean", math.nan),
+                         "removed": r.get("n_removed_mean", math.nan),
+                         "candidates": r.get("n_candidates_mean", math.nan),
                          "auroc": r.get("auroc_mean", math.nan)})
     best = best_index([r["F1_mean"][0] for r in rows])
     for i, r in enumerate(rows):

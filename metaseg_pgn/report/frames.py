@@ -112,7 +112,8 @@ def examples_section(inp: Inputs, figures: Figures, predictions: pd.DataFrame | 
     if ev:
         fs, frames = _example_frames(ev, n, predictions)
         shown += [_semantic_frame(inp, figures, ev, f, fs, predictions) for f in frames]
-    shown += [_ood_frame(inp, figures, key, o) for key, o in out.items() if o.get("label_kind") == "ood" and o["frames"]]
+    shown += [_ood_frame(inp, figures, key, o) for key, o in out.items()
+              if o.get("label_kind") == "ood" and o["frames"]]
     return {"disabled": False, "figures": shown}
 
 

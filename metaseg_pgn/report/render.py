@@ -69,7 +69,7 @@ class _Figures(Treeprocessor):
 
 
 class _FigureExtension(Extension):
-    def extendMarkdown(self, md: markdown.Markdown) -> None:  # noqa: N802 (Python-Markdown's name)
+    def extendMarkdown(self, md: markdown.Markdown) -> None:
         md.treeprocessors.register(_Figures(md), "metaseg_pgn_figures", 5)
 
 

@@ -339,3 +339,26 @@ def test_the_wheel_ships_the_report_templates():
             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
     assert data and {p.suffix for p in data} >= {".j2", ".css", ".yaml"}
     assert data <= shipped, sorted(str(p) for p in data - shipped)
+
+
+def test_the_report_package_reads_stored_outputs_only():
+    """No module of ``metaseg_pgn.report`` imports a stage, opens a dataset or recomputes segments:
+    the image is infer's preview, the segments and their IoU are what ``features`` stored."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "metaseg_pgn" / "report"
+    forbidden = ("metaseg_pgn.stages", "metaseg_pgn.data.select", "metaseg_pgn.data.base", "metaseg_pgn.segments")
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) >= 5
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = "metaseg_pgn" if node.level == 2 else "metaseg_pgn.report" if node.level == 1 else ""
+                names = [".".join(p for p in (base, node.module) if p)]
+                names += [f"{names[0]}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(forbidden), f"{path.name} imports {name}"

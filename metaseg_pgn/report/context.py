@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -73,8 +73,6 @@ class Inputs:
         The pipeline's name.
     key : str
         The evaluated dataset's key (``synthetic-val``); None under ``dataset=none``.
-    datasets : dict
-        Dataset key → its configuration (the evaluated and the OoD datasets).
     """
 
     run_dir: Path
@@ -83,7 +81,6 @@ class Inputs:
     settings: dict
     pipeline: str
     key: str | None
-    datasets: dict = field(default_factory=dict)
 
     def path(self, rel: str) -> Path:
         """A file named in a manifest (relative to the run folder)."""

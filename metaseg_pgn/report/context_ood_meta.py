@@ -152,7 +152,7 @@ def _before_after_figure(inp: Inputs, figures: Figures, key: str, doc_json: dict
     fp_of = dict(zip(p.loc[p["feature_set"] == main, "candidate_id"].astype(int),
                      p.loc[p["feature_set"] == main, "fp"]))
     panels = []
-    image = load_image(inp, key, frame_id)
+    image = load_image(inp, o, frame_id)
     if image is not None:
         panels.append({"title": "image", "kind": "rgb", "data": image})
     panels.append({"title": "OoD ground truth", "kind": "rgb", "data": _base(record.label)})

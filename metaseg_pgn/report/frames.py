@@ -1,8 +1,10 @@
 """The report's example frames (the paper's Figures 1 and 4): panels of stored per-frame outputs.
 
-Each figure shows one frame: the input image, the ground truth, the prediction, uncertainty maps
-from the frame's ``infer`` record, and for frames of the evaluated set the segment-wise IoU_adj,
-true and predicted by the meta regression. Colours of the OoD panels are fixed here.
+Each figure shows one frame: the input image (``infer``'s preview), the ground truth, the
+prediction and uncertainty maps (the frame's ``infer`` record), and for frames of the evaluated
+set the segment-wise IoU_adj, true (the feature table's ``iou``) and predicted by the meta
+regression (``meta_predictions.csv``), painted on ``features``' segment map. Nothing is
+recomputed and no dataset is opened: a file that is not there leaves its panel out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.palette import CLASS_NAMES, PALETTE, colorize
+from ..frame_files import FrameFileError, read_preview, read_segment_map
 from ..names import feature_set_label, method_label
 from ..plots import frame_figure
 from .context import Figures, Inputs
@@ -36,19 +39,31 @@ def read_record(inp: Inputs, o: dict, frame_id: str):
     return read(inp.run_dir / o["records"] / f"{frame_id}.npz", o["fingerprints"])
 
 
-def load_image(inp: Inputs, key: str, frame_id: str) -> np.ndarray | None:
-    """The frame's input image, (H, W, 3) uint8, or None where it cannot be read."""
-    ds_cfg = inp.datasets.get(key)
-    if ds_cfg is None:
-        return None
-    from ..data.base import DataError
-    from ..stages.infer import make_dataset
+def load_image(inp: Inputs, o: dict, frame_id: str) -> np.ndarray | None:
+    """The frame's input image as ``infer`` stored it (its preview), (h, w, 3) uint8; None without one.
 
-    try:
-        return make_dataset(ds_cfg).load(frame_id).image
-    except (DataError, OSError, KeyError, ValueError) as e:
-        log.warning("report: cannot load image %s of %s (%s)", frame_id, key, e)
+    ``o`` is the dataset's entry of infer's manifest outputs (``previews`` names the folder).
+    """
+    if not o.get("previews"):
         return None
+    try:
+        return read_preview(inp.path(o["previews"]) / f"{frame_id}.png")
+    except FrameFileError as e:
+        log.warning("report: no input image for frame %s (%s)", frame_id, e)
+        return None
+
+
+def stored_segments(inp: Inputs, key: str) -> tuple[str, pd.DataFrame] | None:
+    """The folder of ``features``' segment maps of a dataset and its rows' ``frame_id, segment_id,
+    iou`` (iou float64, NaN without ground truth); None when ``features`` stored none."""
+    from ..table import read_features
+
+    part = ((inp.manifests.get("features") or {}).get("outputs") or {}).get(key) or {}
+    if not part.get("segments") or not part.get("path"):
+        return None
+    rows = read_features(inp.path(part["path"]), columns=["frame_id", "segment_id", "iou"])
+    rows["iou"] = rows["iou"].to_numpy(dtype=np.float64, na_value=np.nan)
+    return part["segments"], rows
 
 
 def paint(segments: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -111,7 +126,8 @@ def examples_section(inp: Inputs, figures: Figures, predictions: pd.DataFrame | 
     ev = out.get(inp.key) if inp.key else None
     if ev:
         fs, frames = _example_frames(ev, n, predictions)
-        shown += [_semantic_frame(inp, figures, ev, f, fs, predictions) for f in frames]
+        segments = stored_segments(inp, inp.key)
+        shown += [_semantic_frame(inp, figures, ev, f, fs, predictions, segments) for f in frames]
     shown += [_ood_frame(inp, figures, key, o) for key, o in out.items()
               if o.get("label_kind") == "ood" and o["frames"]]
     return {"disabled": False, "figures": shown}
@@ -134,13 +150,11 @@ def _example_frames(ev: dict, n: int, pred: pd.DataFrame | None) -> tuple[str | 
 
 
 def _semantic_frame(inp: Inputs, figures: Figures, ev: dict, frame_id: str, fs: str | None,
-                    pred: pd.DataFrame | None) -> dict:
-    from ..segments import adjusted_iou, label_segments
-
+                    pred: pd.DataFrame | None, stored: tuple[str, pd.DataFrame] | None) -> dict:
     record = read_record(inp, ev, frame_id)
     maps = record.pixel_maps()
     panels = []
-    image = load_image(inp, inp.key, frame_id)
+    image = load_image(inp, ev, frame_id)
     if image is not None:
         panels.append({"title": "image", "kind": "rgb", "data": image})
     if record.label is not None:
@@ -149,11 +163,12 @@ def _semantic_frame(inp: Inputs, figures: Figures, ev: dict, frame_id: str, fs: 
     panels.append({"title": "entropy E", "kind": "heat", "data": maps["E"]})
     panels += [_heat(maps, m) for m in example_pgn(record.pgn_names)]
     caption = f"`{inp.key}` frame `{frame_id}`: image, ground truth, prediction and uncertainty maps"
-    if record.label is not None and record.label_kind == "semantic":
-        segments, n = label_segments(record.pred, record.label)
-        iou = adjusted_iou(segments, record.pred, record.label)
+    if stored is not None and record.label is not None and record.label_kind == "semantic":
+        folder, rows = stored
+        segments = read_segment_map(inp.path(folder) / f"{frame_id}.npz")
+        rows = rows[rows["frame_id"].astype(str) == frame_id]
         panels.append({"title": "true IoU$_{adj}$ per segment", "kind": "iou",
-                       "data": paint(segments, np.arange(1, n + 1), iou)})
+                       "data": paint(segments, rows["segment_id"].to_numpy(int), rows["iou"].to_numpy(float))})
         if fs is not None:
             part = pred[(pred["feature_set"] == fs) & (pred["frame_id"].astype(str) == frame_id)]
             if len(part):
@@ -175,7 +190,7 @@ def _ood_frame(inp: Inputs, figures: Figures, key: str, o: dict) -> dict:
     frame_id, record = _pick_ood_frame(inp, o)
     maps = record.pixel_maps()
     panels = []
-    image = load_image(inp, key, frame_id)
+    image = load_image(inp, o, frame_id)
     if image is not None:
         panels.append({"title": "image", "kind": "rgb", "data": image})
     if record.label is not None:

@@ -27,7 +27,8 @@ STAGE = "report"
 #: The package ``metaseg_pgn.report`` counts with its templates, CSS and published values.
 CODE = ("metaseg_pgn.stages.report", "metaseg_pgn.report", "metaseg_pgn.plots", "metaseg_pgn.names",
         "metaseg_pgn.data.palette", "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.table",
-        "metaseg_pgn.segments", "metaseg_pgn.ood_meta", "metaseg_pgn.meta", "metaseg_pgn.metrics.ood")
+        "metaseg_pgn.segments", "metaseg_pgn.ood_meta", "metaseg_pgn.meta", "metaseg_pgn.metrics.ood",
+        "metaseg_pgn.frame_files")
 UPSTREAM = ("infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta")
 
 
@@ -76,10 +77,8 @@ def _plan(ctx: RunContext) -> tuple[Plan, dict]:
 
 
 def _inputs(ctx: RunContext, manifests: dict, the_plan: Plan) -> Inputs:
-    """What the report package reads: the run folder, the manifests and the dataset keys."""
-    icfg = manifests["infer"]["config"]
-    datasets = {dataset_key(c): c for c in [evaluated_dataset(icfg), *icfg.get("ood_datasets", [])] if c}
+    """What the report package reads: the run folder, the manifests and the evaluated dataset's key."""
+    evaluated = evaluated_dataset(manifests["infer"]["config"])
     return Inputs(run_dir=ctx.run_dir, manifests=manifests, fingerprint=the_plan.fingerprint,
                   settings=the_plan.config["report"] or {}, pipeline=the_plan.config["pipeline"],
-                  key=dataset_key(icfg["dataset"]) if evaluated_dataset(icfg) is not None else None,
-                  datasets=datasets)
+                  key=dataset_key(evaluated) if evaluated is not None else None)

@@ -27,8 +27,8 @@ STAGE = "report"
 #: The package ``metaseg_pgn.report`` counts with its templates, CSS and published values.
 CODE = ("metaseg_pgn.stages.report", "metaseg_pgn.report", "metaseg_pgn.plots", "metaseg_pgn.names",
         "metaseg_pgn.data.palette", "metaseg_pgn.store", "metaseg_pgn.maps", "metaseg_pgn.table",
-        "metaseg_pgn.segments", "metaseg_pgn.ood_meta", "metaseg_pgn.meta", "metaseg_pgn.metrics.ood",
-        "metaseg_pgn.frame_files")
+        "metaseg_pgn.frame_files", "metaseg_pgn.segments", "metaseg_pgn.ood_meta", "metaseg_pgn.meta",
+        "metaseg_pgn.metrics.ood", "metaseg_pgn.metrics.ood_input")
 UPSTREAM = ("infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta")
 
 

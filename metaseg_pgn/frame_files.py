@@ -10,7 +10,8 @@ missing or damaged.
 file                                            content
 ==============================================  ======================================================
 ``infer/previews/<dataset>/<frame_id>.png``     the input image, uint8 RGB, shrunk (area average)
-                                                so its longer side is at most :data:`PREVIEW_MAX_SIDE`
+                                                so its longer side is at most :data:`PREVIEW_MAX_SIDE`;
+                                                text chunk ``metaseg_pgn.preview``: :data:`PREVIEW_FORMAT`
 ``features/segments/<dataset>/<frame_id>.npz``  ``segments``: int32 (H, W), 0 = void, 1..n = the
                                                 segment ids of the feature table's ``segment_id``
                                                 (:func:`metaseg_pgn.segments.label_segments`);
@@ -33,6 +34,10 @@ from .io import atomic_write, write_npz
 
 #: The longest side of a preview in pixels; larger images are shrunk to it.
 PREVIEW_MAX_SIDE = 512
+#: What a preview is, stored in its PNG (text chunk ``metaseg_pgn.preview``): change it with
+#: :func:`preview_image`, and every preview is redrawn (and only the previews).
+PREVIEW_FORMAT = f"rgb8 area-average max-side {PREVIEW_MAX_SIDE}"
+_PREVIEW_KEY = "metaseg_pgn.preview"
 
 
 class FrameFileError(ValueError):
@@ -77,12 +82,15 @@ def preview_image(image: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> np.nda
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BOX))
 
 
-def write_preview(path: str | os.PathLike, image: np.ndarray, max_side: int = PREVIEW_MAX_SIDE) -> None:
-    """Write :func:`preview_image` of ``image`` to ``path`` as a PNG, atomically."""
-    from PIL import Image
+def write_preview(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write :func:`preview_image` of ``image`` to ``path`` as a PNG tagged with
+    :data:`PREVIEW_FORMAT`, atomically."""
+    from PIL import Image, PngImagePlugin
 
+    info = PngImagePlugin.PngInfo()
+    info.add_text(_PREVIEW_KEY, PREVIEW_FORMAT)
     buf = io.BytesIO()
-    Image.fromarray(preview_image(image, max_side)).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(preview_image(image)).save(buf, format="PNG", compress_level=6, pnginfo=info)
     with atomic_write(path, "wb") as f:
         f.write(buf.getbuffer())
 
@@ -95,24 +103,29 @@ def read_preview(path: str | os.PathLike) -> np.ndarray:
     FrameFileError
         A missing file or one that is not an RGB PNG.
     """
+    return _load_preview(path)[0]
+
+
+def preview_current(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a whole RGB PNG (every chunk passes its CRC and the image decodes) of
+    this :data:`PREVIEW_FORMAT`."""
+    try:
+        return _load_preview(path)[1] == PREVIEW_FORMAT
+    except FrameFileError:
+        return False
+
+
+def _load_preview(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             if im.format != "PNG" or im.mode != "RGB":
                 raise FrameFileError(f"{path}: not an RGB PNG preview ({im.format}, mode {im.mode})")
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError) as e:
+            image = np.asarray(im)  # decodes every chunk, checking its CRC
+            return image, im.text.get(_PREVIEW_KEY)
+    except (OSError, SyntaxError, ValueError) as e:
         raise FrameFileError(f"{path}: not a readable preview ({type(e).__name__}: {e})") from None
-
-
-def preview_intact(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a whole RGB PNG (every chunk passes its CRC and the image decodes)."""
-    try:
-        read_preview(path)
-    except FrameFileError:
-        return False
-    return True
 
 
 def write_segment_map(path: str | os.PathLike, segments: np.ndarray, source: str) -> None:

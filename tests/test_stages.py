@@ -32,7 +32,7 @@ from metaseg_pgn.store import RecordError, read_record
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STAGES_DIR = REPO / "metaseg_pgn" / "stages"
-SHARED = {"__init__", "common"}  # the stages' own shared layer, not stages
+SHARED = {"__init__", "common", "base"}  # the stages' own shared layer, not stages
 
 #: Imports between stage modules still to be removed; each must still exist (so the list shrinks
 #: instead of hiding new ones). Empty since the report's rewrite (branch h11-report).
@@ -178,15 +178,18 @@ def test_a_damaged_preview_or_segment_map_is_recomputed_alone(run, tmp_path):
     infer_out = manifest(copy, "infer")["outputs"]["synthetic-val"]
     feat_out = manifest(copy, "features")["outputs"]["synthetic-val"]
     preview = copy / infer_out["previews"] / "val_000001.png"
+    untagged = copy / infer_out["previews"] / "val_000002.png"  # a whole PNG of another format
     segmap = copy / feat_out["segments"] / "val_000002.npz"
-    want_preview, want_segments = preview.read_bytes(), segmap.read_bytes()
+    want_preview, want_untagged, want_segments = preview.read_bytes(), untagged.read_bytes(), segmap.read_bytes()
     preview.write_bytes(want_preview[: len(want_preview) // 2])
+    Image.fromarray(read_preview(untagged)).save(untagged)
     segmap.unlink()
     records = sorted((copy / infer_out["records"]).iterdir())
     stamps = {p: p.stat().st_mtime_ns for p in records}
 
     run_pipeline(compose(copy, "[infer,features]"))
     assert preview.read_bytes() == want_preview and segmap.read_bytes() == want_segments
+    assert untagged.read_bytes() == want_untagged
     assert {p: p.stat().st_mtime_ns for p in records} == stamps  # no record was recomputed
     assert manifest(copy, "infer")["files"] == manifest(run, "infer")["files"]
     assert manifest(copy, "features")["files"] == manifest(run, "features")["files"]
@@ -208,3 +211,53 @@ def test_compute_frame_gives_the_caller_its_thread_count_back(run, tmp_path):
     with pytest.raises(RecordError, match="another configuration"):
         compute_frame(record, str(tmp_path / "g.parquet"), {"core": "other"}, "fp", "exact")
     assert torch.get_num_threads() == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# the stage definitions
+
+
+def package_imports(path: Path) -> set[str]:
+    """The metaseg_pgn modules (dotted) that the stage module at ``path`` imports, at any depth of
+    its code (also inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:  # relative to metaseg_pgn.stages
+                parts = ["metaseg_pgn", "stages"][: 3 - node.level]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if not base.startswith("metaseg_pgn"):
+                continue
+            for alias in node.names:  # "from .. import x" may name a module
+                dotted = f"{base}.{alias.name}"
+                found.add(dotted if (REPO / (dotted.replace(".", "/") + ".py")).exists() else base)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("metaseg_pgn")}
+    return found
+
+
+def covered(module: str, code: dict[str, str]) -> bool:
+    return module == "metaseg_pgn" or any(module == m or module.startswith(m + ".") for m in code)
+
+
+@pytest.mark.parametrize("name", [n for n in config_mod.STAGES if n != "train"])
+def test_a_stage_definition_names_its_module_upstream_and_code(name):
+    """Its upstream stages come before it, and its code fingerprint covers every module of the
+    package that its own modules import (a module moved out of a stage stays fingerprinted)."""
+    from metaseg_pgn.stages import definition
+
+    stage = definition(name)
+    assert stage.name == name
+    earlier = config_mod.STAGES[: config_mod.STAGES.index(name)]
+    assert set(stage.upstream) | set(stage.optional) <= set(earlier)  # the flow goes one way
+    from metaseg_pgn.integrity import code_fingerprint
+    from metaseg_pgn.stages.common import COMMON_CODE
+
+    fingerprinted = code_fingerprint([*COMMON_CODE, *stage.code])
+    own = [STAGES_DIR / f"{m.split('.')[-1]}.py" for m in stage.code if m.startswith("metaseg_pgn.stages.")]
+    imported = set().union(*map(package_imports, own))  # the stage module and its helpers in stages/
+    missing = sorted(m for m in imported if m != "metaseg_pgn.config" and not covered(m, fingerprinted))
+    assert missing == [], f"stage {name} runs modules its code fingerprint leaves out"
+    assert f"metaseg_pgn.stages.{name}" in stage.code

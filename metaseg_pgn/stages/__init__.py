@@ -1,18 +1,29 @@
-"""The pipeline's stages. Each is ``run(ctx)`` in its own module; imported lazily by name."""
+"""The pipeline's stages, in order. Each module defines its :class:`~.base.Stage` as ``DEFINITION``
+(``train`` alone is a plain ``run(ctx)``: it trains a model and keeps no manifest); modules are
+imported lazily, by name."""
 
 from __future__ import annotations
 
 import importlib
 
+from ..config import STAGES as NAMES
 
-def _lazy(module: str):
+
+def definition(name: str):
+    """The :class:`~.base.Stage` of stage ``name`` (not ``train``)."""
+    if name not in NAMES or name == "train":
+        raise KeyError(f"no stage definition {name!r}; stages with one: {[n for n in NAMES if n != 'train']}")
+    return importlib.import_module(f"{__name__}.{name}").DEFINITION
+
+
+def _lazy(name: str):
     def run(ctx):
-        return importlib.import_module(f"{__name__}.{module}").run(ctx)
+        if name == "train":
+            return importlib.import_module(f"{__name__}.train").run(ctx)
+        return definition(name).run(ctx)
 
-    run.__name__ = f"run_{module}"
+    run.__name__ = f"run_{name}"
     return run
 
 
-STAGE_FUNCTIONS = {name: _lazy(name) for name in
-                   ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta",
-                                  "report")}
+STAGE_FUNCTIONS = {name: _lazy(name) for name in NAMES}

@@ -1,4 +1,5 @@
-"""What every stage shares: the run folder, plans and manifests, and the rule for reuse.
+"""What every stage shares: the run folder, plans and manifests, and the rule for reuse (applied to
+every stage by :func:`metaseg_pgn.stages.base.run_stage`).
 
 Each stage writes into ``<run_dir>/<stage>/``. Before running it makes its :class:`Plan`: the
 configuration it reads (with the content hashes of the model and input files where it reads
@@ -18,7 +19,6 @@ compute now and that its files are intact; if not it stops with the command that
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -146,9 +146,10 @@ class Plan:
                             "format": __version__})
 
 
-#: Modules every stage runs: these rules and the atomic writes.
-COMMON_CODE = ("metaseg_pgn.stages.common", "metaseg_pgn.io", "metaseg_pgn.integrity", "metaseg_pgn.lock",
-               "metaseg_pgn.data.select")
+#: Modules every stage runs: these rules, :func:`.base.run_stage`, the atomic writes, the datasets
+#: by configuration and the torchrun barrier.
+COMMON_CODE = ("metaseg_pgn.stages.common", "metaseg_pgn.stages.base", "metaseg_pgn.io", "metaseg_pgn.integrity",
+               "metaseg_pgn.lock", "metaseg_pgn.data.select", "metaseg_pgn.distributed")
 
 
 def make_plan(config: dict, upstream: dict[str, str], modules: Iterable[str]) -> Plan:
@@ -164,8 +165,10 @@ def upstream_token(manifest: dict) -> str:
 
 
 def current_plan(ctx: RunContext, stage: str) -> Plan:
-    """The plan ``stage`` would run with now (its module's ``plan(ctx)``)."""
-    return importlib.import_module(f"{__package__}.{stage}").plan(ctx)
+    """The plan ``stage`` would run with now (its :class:`~.base.Stage`'s ``plan``)."""
+    from . import definition  # the registry imports the stages, which import this module
+
+    return definition(stage).plan(ctx)
 
 
 # ---------------------------------------------------------------------------------------------

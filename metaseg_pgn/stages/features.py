@@ -53,12 +53,12 @@ from ..segments import segment_feature_arrays
 from ..store import read_record
 from ..table import read_parquet_verified, schema_metadata, write_parquet_options, write_table
 from ..threads import torch_threads
-from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
-                     require_manifest, upstream_token, write_manifest)
+from .base import Result, Stage
+from .common import Plan, RunContext, StageError, dataset_key, evaluated_dataset, log
 
 STAGE = "features"
 CODE = ("metaseg_pgn.stages.features", "metaseg_pgn.segments", "metaseg_pgn.store", "metaseg_pgn.maps",
-        "metaseg_pgn.table", "metaseg_pgn.frame_files", "metaseg_pgn.distributed", "metaseg_pgn.threads")
+        "metaseg_pgn.table", "metaseg_pgn.frame_files", "metaseg_pgn.threads")
 FEATURE_KINDS = ("semantic", None)  # OoD sets have 0/1 labels: no IoU target, not meta-learned
 
 
@@ -116,23 +116,17 @@ def _done(out_path: str, frame_fp: str, segments_path: str | None = None, record
     return segments_path is None or segment_map_source(segments_path) == str(record_sha)
 
 
-def plan(ctx: RunContext) -> Plan:
-    """The infer records (checked against the infer manifest) and ``features.entropy``, the one
-    setting that changes bytes (workers and executor do not)."""
-    infer_manifest = require_manifest(ctx, "infer", STAGE)
+def config(ctx: RunContext) -> dict:
+    """``features.entropy``, the one setting that changes bytes (workers and executor do not)."""
     entropy = ctx.cfg["features"].get("entropy", "exact")
     if entropy not in ENTROPY_CONVENTIONS:
         raise StageError(f"features.entropy={entropy!r}: choose one of {list(ENTROPY_CONVENTIONS)}")
-    return make_plan({"features.entropy": entropy}, {"infer": upstream_token(infer_manifest)}, CODE)
+    return {"features.entropy": entropy}
 
 
-def run(ctx: RunContext) -> dict:
-    started = time.time()
-    the_plan = plan(ctx)
-    if is_up_to_date(ctx, STAGE, the_plan):
-        log.info("features: up to date")
-        return {}
-    infer_manifest = require_manifest(ctx, "infer", STAGE)
+def work(ctx: RunContext, the_plan: Plan, upstream: dict[str, dict]) -> Result | None:
+    """Every frame's rows and segment map (this rank's share), then, on rank 0, the tables."""
+    infer_manifest = upstream["infer"]
     record_hashes = infer_manifest.get("files") or {}
     entropy = the_plan.config["features.entropy"]
     jobs, parts = [], {}
@@ -145,7 +139,7 @@ def run(ctx: RunContext) -> dict:
             continue  # an OoD set without labels (benchmark test frames): scored by ood_eval only
         name, split = _name_split(ctx.cfg, key)
         frame_dir = ctx.stage_dir(STAGE) / "_frames" / key
-        segment_dir = ctx.stage_dir(STAGE) / "segments" / key
+        segment_dir = segments_dir(ctx, key)
         files, segment_files = [], []
         for frame_id in out["frames"]:
             rel = f"{out['records']}/{frame_id}.npz"
@@ -166,9 +160,7 @@ def run(ctx: RunContext) -> dict:
                f"the evaluated dataset {main_key!r} has OoD labels (0/1/255), not class labels: "
                "its segments have no IoU")
         log.warning("features: skipped: %s", why)
-        write_manifest(ctx, STAGE, the_plan, {"skipped": why}, started)
-        barrier()
-        return {}
+        return Result({"skipped": why})
     rank, world = rank_world()
     if world > 1:
         init_process_group()
@@ -184,25 +176,36 @@ def run(ctx: RunContext) -> dict:
     _execute(jobs, ctx, show_progress=rank == 0)
     barrier()  # every rank has written its frames
 
-    outputs = {}
-    if rank == 0:
-        targets, frame_files = [], []
-        for key, (name, split, files, segment_files) in parts.items():
-            remove_dead_temps(ctx.stage_dir(STAGE) / "_frames" / key)
-            remove_dead_temps(ctx.stage_dir(STAGE) / "segments" / key)
-            target = ctx.stage_dir(STAGE) / "data" / f"dataset={name}" / f"split={split}" / "part-0.parquet"
-            remove_dead_temps(target.parent)
-            # The file names the records it was made from (their content), not this stage's code:
-            # a code change that changes no value leaves the table byte-identical.
-            rows = _concatenate(files, target, {"records": the_plan.upstream["infer"], "entropy": entropy,
-                                                "dataset": name, "split": split})
-            outputs[key] = {"path": target.relative_to(ctx.run_dir).as_posix(), "rows": rows,
-                            "segments": (ctx.stage_dir(STAGE) / "segments" / key).relative_to(ctx.run_dir).as_posix()}
-            targets.extend([target, *segment_files])
-            frame_files.extend(files)
-        write_manifest(ctx, STAGE, the_plan, outputs, started, files=targets, keep=frame_files)
-    barrier()  # the manifest exists before any rank starts the next stage
-    return outputs
+    if rank != 0:
+        return None
+    outputs, targets, frame_files = {}, [], []
+    for key, (name, split, files, segment_files) in parts.items():
+        remove_dead_temps(ctx.stage_dir(STAGE) / "_frames" / key)
+        remove_dead_temps(segments_dir(ctx, key))
+        target = ctx.stage_dir(STAGE) / "data" / f"dataset={name}" / f"split={split}" / "part-0.parquet"
+        remove_dead_temps(target.parent)
+        # The file names the records it was made from (their content), not this stage's code:
+        # a code change that changes no value leaves the table byte-identical.
+        rows = _concatenate(files, target, {"records": the_plan.upstream["infer"], "entropy": entropy,
+                                            "dataset": name, "split": split})
+        outputs[key] = {"path": target.relative_to(ctx.run_dir).as_posix(), "rows": rows,
+                        "label_kind": infer_manifest["outputs"][key]["label_kind"],
+                        "segments": segments_dir(ctx, key).relative_to(ctx.run_dir).as_posix()}
+        targets.extend([target, *segment_files])
+        frame_files.extend(files)
+    return Result(outputs, files=tuple(targets), keep=tuple(frame_files))
+
+
+#: The infer records (checked against the infer manifest), ``features.entropy``, the code; every
+#: rank of a torchrun job computes its share of the frames.
+DEFINITION = Stage(STAGE, upstream=("infer",), sections=("features",), config=config, code=CODE, work=work,
+                   sharded=True)
+plan, run = DEFINITION.plan, DEFINITION.run
+
+
+def segments_dir(ctx: RunContext, key: str) -> Path:
+    """Where the segment label maps of dataset ``key`` go (:mod:`metaseg_pgn.frame_files`)."""
+    return ctx.stage_dir(STAGE) / "segments" / key
 
 
 def _name_split(cfg: dict, key: str) -> tuple[str, str]:

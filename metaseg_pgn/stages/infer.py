@@ -12,7 +12,8 @@ maps; an image overwritten in place recomputes that frame alone.
 
 Beside each record goes the frame's input image as a preview PNG (``previews/<dataset>/<frame>.png``,
 :mod:`metaseg_pgn.frame_files`), for the report: written with a record made from scratch (another
-input or ``core``) and whenever it is missing or damaged, listed in the manifest like the records.
+input or ``core``) and whenever it is missing, damaged or of another format, listed in the
+manifest like the records.
 The manifest's ``outputs[dataset]`` records the frame ids, label kind, number of classes, the
 SegmentMeIfYouCan ``track`` (``obstacle`` / ``anomaly``; None for an in-distribution dataset), the
 group fingerprints and the ``records`` and ``previews`` folders: what later stages read.
@@ -37,12 +38,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from tqdm import tqdm
 from ..baselines import ensemble_maps, mc_dropout_maps
 from ..data.select import dataset_configs, make_dataset, ood_track
 from ..distributed import barrier, init_process_group, rank_world
-from ..frame_files import preview_intact, write_preview
+from ..frame_files import preview_current, write_preview
 from ..integrity import InputHashes, code_fingerprint, file_problem, hash_once
 from ..io import fingerprint
 from ..lock import remove_dead_temps
@@ -60,16 +60,19 @@ from ..paths import UnsafeNameError, plain_name
 from ..store import Record, RecordError, read_meta, read_record, relative_logits, encode_logs, write_record
 from ..outputs import image_logits, select_logits
 from ..wrapper import PGNModel, argmax_channels
-from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log,
-                     make_plan, read_manifest, write_manifest)
+from .base import Result, Stage
+from .common import Plan, RunContext, StageError, dataset_key, evaluated_dataset, log, read_manifest
 
 STAGE = "infer"
 
 
 #: The modules whose source makes the records (with :mod:`.common` and :mod:`metaseg_pgn.io`).
-CODE = ("metaseg_pgn.stages.infer", "metaseg_pgn.wrapper", "metaseg_pgn.pgn", "metaseg_pgn.store",
-        "metaseg_pgn.baselines", "metaseg_pgn.maps", "metaseg_pgn.models", "metaseg_pgn.data",
-        "metaseg_pgn.paths", "metaseg_pgn.frame_files", "metaseg_pgn.distributed")
+RECORD_CODE = ("metaseg_pgn.stages.infer", "metaseg_pgn.wrapper", "metaseg_pgn.pgn", "metaseg_pgn.store",
+               "metaseg_pgn.baselines", "metaseg_pgn.maps", "metaseg_pgn.models", "metaseg_pgn.data",
+               "metaseg_pgn.paths", "metaseg_pgn.outputs")
+#: The stage's code: the records' and the previews' (a preview carries its own format tag, so a
+#: change there redraws the previews and keeps the records).
+CODE = (*RECORD_CODE, "metaseg_pgn.frame_files")
 
 
 def model_files(cfg: dict) -> dict[str, str]:
@@ -144,7 +147,7 @@ def group_fingerprints(ctx: RunContext, ds_cfg: dict) -> dict[str, str]:
     """The fingerprint of each group of a record's contents (see the module docstring)."""
     cfg = ctx.cfg
     core = fingerprint({"model": cfg["model"], "dataset": ds_cfg, "model_files": model_files(cfg),
-                        "code": code_fingerprint(CODE), "runtime": runtime(ctx)})
+                        "code": code_fingerprint(RECORD_CODE), "runtime": runtime(ctx)})
     return {
         "core": core,
         "pgn": fingerprint({"core": core, "pgn": cfg["pgn"]}),
@@ -206,20 +209,24 @@ def resolved_baselines(cfg: dict) -> dict:
     return base
 
 
-def plan(ctx: RunContext) -> Plan:
-    """Configuration sections, model and ensemble weights, input files (per dataset), runtime, code."""
+SECTIONS = ("dataset", "ood_datasets", "model", "pgn", "baselines", "seed")
+
+
+def config(ctx: RunContext) -> dict:
+    """Configuration sections, model and ensemble weights, input files (per dataset), runtime."""
     cfg = ctx.cfg
-    config = {k: cfg[k] for k in ("dataset", "ood_datasets", "model", "pgn", "baselines", "seed")}
+    config = {k: cfg[k] for k in SECTIONS}
     config["ensemble_members"] = member_files(cfg)
     config["model_files"] = model_files(cfg)
     config["runtime"] = runtime(ctx)
-    keys = [dataset_key(ds_cfg) for ds_cfg in dataset_configs(cfg)]  # plain names, before any use
+    for ds_cfg in dataset_configs(cfg):
+        dataset_key(ds_cfg)  # every name plain (or one clear error) before any is used
     inputs = {}
     for ds_cfg in dataset_configs(cfg):
         hashes = input_hashes(ctx, make_dataset(ds_cfg))
         inputs[dataset_key(ds_cfg)] = None if hashes is None else fingerprint(hashes)
     config["inputs"] = inputs
-    return make_plan(config, {}, CODE)
+    return config
 
 
 def records_dir(ctx: RunContext, ds_cfg: dict) -> Path:
@@ -236,13 +243,10 @@ def frame_seed(seed: int, frame_id: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(frame_id.encode())) % (2**31)
 
 
-def run(ctx: RunContext) -> dict:
+def work(ctx: RunContext, plan: Plan, upstream: dict[str, dict]) -> Result | None:
+    """This rank's share of the missing or stale records and previews, then, on rank 0, the check
+    that every one is there."""
     cfg = ctx.cfg
-    started = time.time()
-    the_plan = plan(ctx)
-    if is_up_to_date(ctx, STAGE, the_plan):
-        log.info("infer: up to date")
-        return {}
     if not dataset_configs(cfg):
         raise StageError("infer: no dataset to run on: dataset=none and ood_datasets is empty")
     rank, world = rank_world()
@@ -283,8 +287,8 @@ def run(ctx: RunContext) -> dict:
         stale = {f: (_stale_groups(out_dir / f"{f}.npz", expects[f], known) if reuse else set(expects[f]))
                  for f in ds.frame_ids}
         # A preview depends on the image alone: rewritten with a record made from scratch (another
-        # input or core), or when it is missing or damaged.
-        redraw = {f: len(stale[f]) == len(expects[f]) or not _intact(view_dir / f"{f}.png", known, preview_intact)
+        # input or core), when it is missing or damaged, or of another format.
+        redraw = {f: len(stale[f]) == len(expects[f]) or not preview_current(view_dir / f"{f}.png")
                   for f in ds.frame_ids}
         todo = {f: bool(stale[f]) or redraw[f] for f in ds.frame_ids}
         plans.append(_DatasetPlan(ds_cfg, ds, expects, stale, redraw, out_dir, view_dir,
@@ -324,21 +328,26 @@ def run(ctx: RunContext) -> dict:
         bar.close()
 
     barrier()  # every rank has written its records
-    if rank == 0:
-        missing = [f"{dataset_key(p.ds_cfg)}/{f}" for p in plans for f in p.ds.frame_ids
-                   if _stale_groups(p.out_dir / f"{f}.npz", p.expects[f], None, verify=False)
-                   or not (p.view_dir / f"{f}.png").exists()]
-        if missing:
-            raise StageError(f"infer: {len(missing)} records or previews missing after all ranks finished, "
-                             f"e.g. {missing[:3]}; re-run to complete them")
-        for p in plans:
-            remove_dead_temps(p.out_dir)
-            remove_dead_temps(p.view_dir)
-        files = [folder / f"{f}{suffix}" for p in plans for f in p.ds.frame_ids
-                 for folder, suffix in ((p.out_dir, ".npz"), (p.view_dir, ".png"))]
-        write_manifest(ctx, STAGE, the_plan, outputs, started, files=files)
-    barrier()  # the manifest exists before any rank starts the next stage
-    return outputs
+    if rank != 0:
+        return None  # rank 0 checks the whole and writes the manifest
+    missing = [f"{dataset_key(p.ds_cfg)}/{f}" for p in plans for f in p.ds.frame_ids
+               if _stale_groups(p.out_dir / f"{f}.npz", p.expects[f], None, verify=False)
+               or not (p.view_dir / f"{f}.png").exists()]
+    if missing:
+        raise StageError(f"infer: {len(missing)} records or previews missing after all ranks finished, "
+                         f"e.g. {missing[:3]}; re-run to complete them")
+    for p in plans:
+        remove_dead_temps(p.out_dir)
+        remove_dead_temps(p.view_dir)
+    files = [folder / f"{f}{suffix}" for p in plans for f in p.ds.frame_ids
+             for folder, suffix in ((p.out_dir, ".npz"), (p.view_dir, ".png"))]
+    return Result(outputs, files=tuple(files))
+
+
+#: Configuration sections, model and ensemble weights, input files, runtime, code; every rank of
+#: a torchrun job computes its share of the frames.
+DEFINITION = Stage(STAGE, upstream=(), sections=SECTIONS, config=config, code=CODE, work=work, sharded=True)
+plan, run = DEFINITION.plan, DEFINITION.run
 
 
 @dataclass
@@ -378,14 +387,11 @@ def _stale_groups(path: Path, expect: dict[str, str], known: dict[Path, dict] | 
     return stale
 
 
-def _intact(path: Path, known: dict[Path, dict] | None, whole: Callable[[Path], bool] | None = None) -> bool:
-    """The bytes the last manifest recorded, or (a file written since) ``whole(path)``: by default
-    every member of the record passes its CRC."""
-    entry = (known or {}).get(path)
+def _intact(path: Path, known: dict[Path, dict]) -> bool:
+    """The bytes the last manifest recorded, or (a record written since) every member passes its CRC."""
+    entry = known.get(path)
     if entry is not None and file_problem(path, entry) is None:
         return True
-    if whole is not None:
-        return whole(path)
     try:
         with zipfile.ZipFile(path) as z:
             return z.testzip() is None

@@ -8,7 +8,6 @@ writes ``meta/meta_results.csv`` (every run, train and test, per feature set and
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +15,8 @@ import pyarrow.parquet as pq
 
 from ..meta import NON_FEATURE_COLUMNS, FeatureSet, check_models, evaluate, resolve_feature_sets, summarise, write_results
 from ..table import read_features
-from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
-                     require_manifest, upstream_token, write_manifest)
+from .base import Result, Stage
+from .common import Plan, RunContext, StageError, dataset_key, evaluated_dataset, log
 
 STAGE = "meta"
 CODE = ("metaseg_pgn.stages.meta", "metaseg_pgn.meta", "metaseg_pgn.table")
@@ -34,20 +33,9 @@ def feature_sets_from_config(mcfg: dict) -> list:
     return sets
 
 
-def plan(ctx: RunContext) -> Plan:
-    """The meta settings and seed, the feature table (checked against its manifest), the code."""
-    fman = require_manifest(ctx, "features", STAGE)
-    config = {"meta": dict(ctx.cfg["meta"]), "seed": ctx.cfg["seed"], "dataset": ctx.cfg["dataset"]}
-    return make_plan(config, {"features": upstream_token(fman)}, CODE)
-
-
-def run(ctx: RunContext) -> dict:
-    started = time.time()
-    the_plan = plan(ctx)
-    if is_up_to_date(ctx, STAGE, the_plan):
-        log.info("meta: up to date")
-        return {}
-    fman = require_manifest(ctx, "features", STAGE)
+def work(ctx: RunContext, plan: Plan, upstream: dict[str, dict]) -> Result:
+    """Evaluate the feature sets on the evaluated dataset's table (or skip, saying why)."""
+    fman = upstream["features"]
     mcfg = dict(ctx.cfg["meta"])
     config_part = {"meta": mcfg, "seed": ctx.cfg["seed"]}
     main = evaluated_dataset(ctx.cfg)
@@ -57,15 +45,13 @@ def run(ctx: RunContext) -> dict:
     elif (fman["outputs"] or {}).get("skipped"):
         skipped = f"the features stage skipped itself ({fman['outputs']['skipped']})"
     else:
-        infer = require_manifest(ctx, "infer", STAGE)
-        kind = (infer["outputs"].get(dataset_key(main)) or {}).get("label_kind", "semantic")
+        kind = (fman["outputs"].get(dataset_key(main)) or {}).get("label_kind", "semantic")
         if kind != "semantic":
             skipped = (f"the evaluated dataset {dataset_key(main)!r} has no semantic labels, so its "
                        "segments have no IoU to learn")
     if skipped:
         log.warning("meta: skipped: %s", skipped)
-        write_manifest(ctx, STAGE, the_plan, {"skipped": skipped}, started)
-        return {}
+        return Result({"skipped": skipped})
     key = dataset_key(main)
     if key not in fman["outputs"]:
         raise StageError(f"meta: the feature table has no part for the evaluated dataset {key!r}")
@@ -96,5 +82,9 @@ def run(ctx: RunContext) -> dict:
     log.info("meta: %d feature sets, %d segments\n%s", len(resolved), len(df),
              summary[["feature_set", "model", "auroc_test_mean", "r2_test_mean"]].to_string(index=False))
     outputs = {k: Path(v).relative_to(ctx.run_dir).as_posix() for k, v in files.items()}
-    write_manifest(ctx, STAGE, the_plan, outputs, started, files=list(files.values()))
-    return outputs
+    return Result(outputs, files=tuple(files.values()))
+
+
+#: The meta settings and seed, the feature table (checked against its manifest), the code.
+DEFINITION = Stage(STAGE, upstream=("features",), sections=("meta", "seed", "dataset"), code=CODE, work=work)
+plan, run = DEFINITION.plan, DEFINITION.run

@@ -23,7 +23,6 @@ The export is off by default (a default run would write ~200 MB of HDF5) and on 
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -35,8 +34,8 @@ from ..metrics.submission import submission_folder, write_scores
 from ..data.select import dataset_configs, make_dataset
 from ..names import method_label, method_names
 from ..store import read_record
-from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
-                     recorded_track, require_manifest, upstream_token, write_manifest)
+from .base import Result, Stage
+from .common import Plan, RunContext, StageError, dataset_key, evaluated_dataset, log, recorded_track
 
 STAGE = "ood_eval"
 CODE = ("metaseg_pgn.stages.ood_eval", "metaseg_pgn.metrics.ood", "metaseg_pgn.metrics.ood_input",
@@ -50,21 +49,9 @@ def score_maps(record) -> dict[str, np.ndarray]:
     return {m: maps[m] for m in method_names(record)}
 
 
-def plan(ctx: RunContext) -> Plan:
-    """Its settings, the OoD datasets (their tracks), the records, the code."""
-    infer = require_manifest(ctx, "infer", STAGE)
-    config = {"ood_eval": ctx.cfg["ood_eval"], "ood_datasets": ctx.cfg.get("ood_datasets", []),
-              "dataset": ctx.cfg["dataset"]}
-    return make_plan(config, {"infer": upstream_token(infer)}, CODE)
-
-
-def run(ctx: RunContext) -> dict:
-    started = time.time()
-    the_plan = plan(ctx)
-    if is_up_to_date(ctx, STAGE, the_plan):
-        log.info("ood_eval: up to date")
-        return {}
-    infer = require_manifest(ctx, "infer", STAGE)
+def work(ctx: RunContext, plan: Plan, upstream: dict[str, dict]) -> Result:
+    """Every OoD split of the records: the metrics (and the export), or skip when none is labelled."""
+    infer = upstream["infer"]
     ocfg = ctx.cfg["ood_eval"]
     bad = [m for m in ocfg["modes"] if m not in MODES]
     if bad or not ocfg["modes"]:
@@ -102,9 +89,7 @@ def run(ctx: RunContext) -> dict:
         why = "no OoD dataset with labels (0/1/255)" + (
             f"; {'; '.join(f'{k}: {t}' for k, t in skipped.items())}" if skipped else "")
         log.warning("ood_eval: skipped: %s", why)
-        write_manifest(ctx, STAGE, the_plan, {"skipped": why, "unlabelled": skipped}, started,
-                       files=written)
-        return {}
+        return Result({"skipped": why, "unlabelled": skipped}, files=tuple(written))
     folder = ctx.stage_dir(STAGE)
     table = pd.DataFrame(rows)
     with atomic_write(folder / "ood_eval.csv", "w") as f:
@@ -115,9 +100,13 @@ def run(ctx: RunContext) -> dict:
                "datasets": sorted(results), "unlabelled": skipped}
     # The exported maps of this configuration only: folders of methods or splits no longer
     # configured, and frames no longer in a split, are removed with the manifest's pruning.
-    write_manifest(ctx, STAGE, the_plan, outputs, started,
-                   files=[folder / "ood_eval.csv", folder / "ood_eval.json", *written])
-    return outputs
+    return Result(outputs, files=(folder / "ood_eval.csv", folder / "ood_eval.json", *written))
+
+
+#: Its settings, the OoD datasets (their tracks, recorded by infer), the records, the code.
+DEFINITION = Stage(STAGE, upstream=("infer",), sections=("ood_eval", "ood_datasets", "dataset"), code=CODE,
+                   work=work)
+plan, run = DEFINITION.plan, DEFINITION.run
 
 
 def export_folders(ds, key: str, frame_ids, exported: dict) -> dict[str, str]:

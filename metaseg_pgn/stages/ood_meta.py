@@ -20,7 +20,6 @@ counts them per dataset, and a dataset with fewer than 2 labelled frames is skip
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pandas as pd
 
@@ -29,21 +28,13 @@ from ..maps import softmax_maps
 from ..ood_meta import OoDMetaSettings, evaluate_dataset, summarise
 from ..store import read_record
 from ..data.select import dataset_configs
-from .common import (Plan, RunContext, StageError, dataset_key, is_up_to_date, log, make_plan, recorded_track,
-                     require_manifest, upstream_token, write_manifest)
+from .base import Result, Stage
+from .common import Plan, RunContext, StageError, dataset_key, log, recorded_track
 
 STAGE = "ood_meta"
 CODE = ("metaseg_pgn.stages.ood_meta", "metaseg_pgn.ood_meta", "metaseg_pgn.meta", "metaseg_pgn.segments",
         "metaseg_pgn.metrics.ood", "metaseg_pgn.metrics.ood_input", "metaseg_pgn.metrics.ood_pixel",
         "metaseg_pgn.metrics.ood_components", "metaseg_pgn.store", "metaseg_pgn.maps")
-
-
-def plan(ctx: RunContext) -> Plan:
-    """Its settings and seed, the OoD datasets (their tracks), the records, the code."""
-    infer = require_manifest(ctx, "infer", STAGE)
-    config = {"ood_meta": ctx.cfg["ood_meta"], "seed": ctx.cfg["seed"],
-              "ood_datasets": ctx.cfg.get("ood_datasets", []), "dataset": ctx.cfg["dataset"]}
-    return make_plan(config, {"infer": upstream_token(infer)}, CODE)
 
 
 def _json_records(df: pd.DataFrame) -> list[dict]:
@@ -75,13 +66,9 @@ def _score_maps(record, names) -> tuple:
     return record.label, maps
 
 
-def run(ctx: RunContext) -> dict:
-    started = time.time()
-    the_plan = plan(ctx)
-    if is_up_to_date(ctx, STAGE, the_plan):
-        log.info("ood_meta: up to date")
-        return {}
-    infer = require_manifest(ctx, "infer", STAGE)
+def work(ctx: RunContext, plan: Plan, upstream: dict[str, dict]) -> Result:
+    """Meta-OoD on every OoD dataset with at least 2 labelled frames (or skip, saying why)."""
+    infer = upstream["infer"]
     config_part = {"ood_meta": ctx.cfg["ood_meta"], "seed": ctx.cfg["seed"]}
     try:
         settings = OoDMetaSettings.from_config(ctx.cfg["ood_meta"], ctx.cfg["seed"])
@@ -147,8 +134,7 @@ def run(ctx: RunContext) -> dict:
     if not results:
         why = ("no OoD dataset with at least 2 labelled frames" if unlabelled else "no OoD dataset")
         log.warning("ood_meta: the run has %s (labels 0/1/255); skipped", why)
-        write_manifest(ctx, STAGE, the_plan, {"skipped": why, "unlabelled": unlabelled}, started)
-        return {}
+        return Result({"skipped": why, "unlabelled": unlabelled})
 
     folder = ctx.stage_dir(STAGE)
     table = pd.concat(results, ignore_index=True)
@@ -174,5 +160,10 @@ def run(ctx: RunContext) -> dict:
     log.info("ood_meta: mean F1 (%s) before/after, mean over %d runs\n%s", mode, settings.n_runs,
              view[["dataset", "score", "variant", "feature_set", "model", f"F1_mean_{mode}_mean",
                    f"F1_mean_{mode}_std"]].to_string(index=False))
-    write_manifest(ctx, STAGE, the_plan, outputs, started, files=written)
-    return outputs
+    return Result(outputs, files=tuple(written))
+
+
+#: Its settings and seed, the OoD datasets (their tracks, recorded by infer), the records, the code.
+DEFINITION = Stage(STAGE, upstream=("infer",), sections=("ood_meta", "seed", "ood_datasets", "dataset"), code=CODE,
+                   work=work)
+plan, run = DEFINITION.plan, DEFINITION.run

@@ -22,7 +22,6 @@ reliability diagrams and sparsification curves) and figures ``reliability.png``,
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -33,12 +32,13 @@ from ..io import atomic_write, write_json
 from ..metrics.calibration import AuSE, ECE, brier_error, confidence_from_score
 from ..metrics.segmentation import ConfusionMatrix
 from ..store import read_record
-from .common import (Plan, RunContext, StageError, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan,
-                     require_manifest, upstream_token, write_manifest)
+from .base import Result, Stage
+from .common import Plan, RunContext, StageError, dataset_key, evaluated_dataset, log
 
 STAGE = "pixel_eval"
 CODE = ("metaseg_pgn.stages.pixel_eval", "metaseg_pgn.metrics.calibration", "metaseg_pgn.store",
-        "metaseg_pgn.maps", "metaseg_pgn.plots", "metaseg_pgn.names")
+        "metaseg_pgn.maps", "metaseg_pgn.plots", "metaseg_pgn.names", "metaseg_pgn.metrics.segmentation",
+        "metaseg_pgn.data.palette")
 VOID = 255
 UNDEFINED_AUSE = ("AuSE undefined: every evaluated pixel has the same Brier error, so no ordering "
                   "of the pixels can be better than another")
@@ -53,20 +53,9 @@ def _frames(paths, expect, progress, desc):
         yield record, probs, record.pixel_maps(probs)
 
 
-def plan(ctx: RunContext) -> Plan:
-    """Its settings, the seed (pixel subsampling), the evaluated dataset, the records, the code."""
-    infer = require_manifest(ctx, "infer", STAGE)
-    config = {"pixel_eval": ctx.cfg["pixel_eval"], "seed": ctx.cfg["seed"], "dataset": ctx.cfg["dataset"]}
-    return make_plan(config, {"infer": upstream_token(infer)}, CODE)
-
-
-def run(ctx: RunContext) -> dict:
-    started = time.time()
-    the_plan = plan(ctx)
-    if is_up_to_date(ctx, STAGE, the_plan):
-        log.info("pixel_eval: up to date")
-        return {}
-    infer = require_manifest(ctx, "infer", STAGE)
+def work(ctx: RunContext, plan: Plan, upstream: dict[str, dict]) -> Result:
+    """ECE, AuSE and the segmentation quality over the evaluated dataset's records (or skip)."""
+    infer = upstream["infer"]
     pcfg = ctx.cfg["pixel_eval"]
     main = evaluated_dataset(ctx.cfg)
     out = infer["outputs"].get(dataset_key(main)) if main is not None else None
@@ -74,8 +63,7 @@ def run(ctx: RunContext) -> dict:
         why = ("the run has no evaluated dataset (dataset=none)" if main is None else
                f"the evaluated dataset {dataset_key(main)!r} has no semantic labels")
         log.warning("pixel_eval: skipped: %s", why)
-        write_manifest(ctx, STAGE, the_plan, {"skipped": why}, started)
-        return {}
+        return Result({"skipped": why})
     paths = [ctx.run_dir / out["records"] / f"{f}.npz" for f in out["frames"]]
     expect = out["fingerprints"]
 
@@ -132,9 +120,12 @@ def run(ctx: RunContext) -> dict:
     outputs = {"table": f"{STAGE}/pixel_eval.csv", "json": f"{STAGE}/pixel_eval.json",
                "segmentation": f"{STAGE}/segmentation.csv", "mIoU": confusion.miou(),
                "figures": [f"{STAGE}/reliability.png", f"{STAGE}/sparsification.png"]}
-    write_manifest(ctx, STAGE, the_plan, outputs, started,
-                   files=[outputs["table"], outputs["json"], outputs["segmentation"], *outputs["figures"]])
-    return outputs
+    return Result(outputs, files=(outputs["table"], outputs["json"], outputs["segmentation"], *outputs["figures"]))
+
+
+#: Its settings, the seed (pixel subsampling), the evaluated dataset, the records, the code.
+DEFINITION = Stage(STAGE, upstream=("infer",), sections=("pixel_eval", "seed", "dataset"), code=CODE, work=work)
+plan, run = DEFINITION.plan, DEFINITION.run
 
 
 def segmentation_table(confusion: ConfusionMatrix) -> pd.DataFrame:

@@ -17,11 +17,9 @@ HTML); published values come from its ``published.yaml``, with their citations.
 
 from __future__ import annotations
 
-import time
-
 from ..report import Inputs, write_report
-from .common import (Plan, RunContext, dataset_key, evaluated_dataset, is_up_to_date, log, make_plan, read_manifest,
-                     require_manifest, upstream_token, write_manifest)
+from .base import Result, Stage
+from .common import Plan, RunContext, dataset_key, evaluated_dataset, log
 
 STAGE = "report"
 #: The package ``metaseg_pgn.report`` counts with its templates, CSS and published values.
@@ -32,48 +30,25 @@ CODE = ("metaseg_pgn.stages.report", "metaseg_pgn.report", "metaseg_pgn.plots", 
 UPSTREAM = ("infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta")
 
 
-def run(ctx: RunContext) -> dict:
-    """Write ``report/report.md``, ``report/report.html`` and their figures (skipped when up to date).
+def work(ctx: RunContext, the_plan: Plan, upstream: dict[str, dict]) -> Result:
+    """Write ``report/report.md``, ``report/report.html`` and their figures.
 
     Parameters
     ----------
     ctx : RunContext
-        The run; needs the ``infer`` manifest, uses every other upstream manifest it finds.
-
-    Returns
-    -------
-    dict
-        The written files relative to the run folder (empty when up to date).
+        The run.
+    the_plan : Plan
+    upstream : dict of str to dict
+        The manifest of ``infer`` and of every other stage of :data:`UPSTREAM` that has run.
     """
-    started = time.time()
-    the_plan, manifests = _plan(ctx)
-    if is_up_to_date(ctx, STAGE, the_plan):
-        log.info("report: up to date")
-        return {}
+    manifests = {s: upstream.get(s) for s in UPSTREAM}  # None: the stage has not run
     folder = ctx.stage_dir(STAGE)
     written = write_report(_inputs(ctx, manifests, the_plan), folder)
     outputs = {"markdown": f"{STAGE}/report.md", "html": f"{STAGE}/report.html",
                "figures": [f"{STAGE}/{name}" for name in written]}
-    # Figures of an earlier report that this one lacks are removed with the manifest's pruning.
-    write_manifest(ctx, STAGE, the_plan, outputs, started,
-                   files=[outputs["markdown"], outputs["html"], *outputs["figures"]])
     log.info("report: %s (%d figures)", folder / "report.html", len(written))
-    return outputs
-
-
-def plan(ctx: RunContext) -> Plan:
-    """The report settings and every upstream stage that has run (each checked to be current)."""
-    return _plan(ctx)[0]
-
-
-def _plan(ctx: RunContext) -> tuple[Plan, dict]:
-    # A stage that has run must be current: a report of meta results made with another meta.protocol
-    # would be a report of another run. A stage that has not run is left out (and named as such).
-    manifests = {s: (require_manifest(ctx, s, STAGE) if s == "infer" or read_manifest(ctx, s) is not None
-                     else None) for s in UPSTREAM}
-    upstream = {s: upstream_token(m) for s, m in manifests.items() if m is not None}
-    config = {"report": ctx.cfg.get("report", {}), "pipeline": ctx.cfg.get("pipeline")}
-    return make_plan(config, upstream, CODE), manifests
+    # Figures of an earlier report that this one lacks are removed with the manifest's pruning.
+    return Result(outputs, files=(outputs["markdown"], outputs["html"], *outputs["figures"]))
 
 
 def _inputs(ctx: RunContext, manifests: dict, the_plan: Plan) -> Inputs:
@@ -82,3 +57,11 @@ def _inputs(ctx: RunContext, manifests: dict, the_plan: Plan) -> Inputs:
     return Inputs(run_dir=ctx.run_dir, manifests=manifests, fingerprint=the_plan.fingerprint,
                   settings=the_plan.config["report"] or {}, pipeline=the_plan.config["pipeline"],
                   key=dataset_key(evaluated) if evaluated is not None else None)
+
+
+#: The report settings and every upstream stage that has run, each checked to be current: a report
+#: of meta results made with another meta.protocol would be a report of another run. A stage that
+#: has not run is left out (and named as such).
+DEFINITION = Stage(STAGE, upstream=("infer",), optional=UPSTREAM[1:], sections=("report", "pipeline"), code=CODE,
+                   work=work)
+plan, run = DEFINITION.plan, DEFINITION.run

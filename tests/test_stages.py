@@ -261,3 +261,33 @@ def test_a_stage_definition_names_its_module_upstream_and_code(name):
     missing = sorted(m for m in imported if m != "metaseg_pgn.config" and not covered(m, fingerprinted))
     assert missing == [], f"stage {name} runs modules its code fingerprint leaves out"
     assert f"metaseg_pgn.stages.{name}" in stage.code
+
+
+def test_run_stage_skips_an_up_to_date_stage_and_reruns_a_forced_or_damaged_one(tmp_path):
+    """One toy stage through :func:`run_stage`: the manifest lists the work's files; a second run is
+    skipped; ``force`` or a damaged output runs the work again; another setting changes the plan."""
+    from metaseg_pgn.io import atomic_write
+    from metaseg_pgn.stages.base import Result, Stage, run_stage
+    from metaseg_pgn.stages.common import RunContext, read_manifest
+
+    calls = []
+
+    def work(ctx, plan, upstream):
+        calls.append(plan.fingerprint)
+        path = ctx.stage_dir("toy") / "out.txt"
+        with atomic_write(path, "w") as f:
+            f.write(str(ctx.cfg["toy"]["value"]))
+        return Result({"value": ctx.cfg["toy"]["value"]}, files=(path,))
+
+    toy = Stage("toy", upstream=(), sections=("toy",), code=("metaseg_pgn.io",), work=work)
+    cfg = {"run_dir": str(tmp_path), "toy": {"value": 1}}
+    assert run_stage(toy, RunContext(cfg)) == {"value": 1}
+    manifest = read_manifest(RunContext(cfg), "toy")
+    assert list(manifest["files"]) == ["toy/out.txt"] and manifest["config"] == {"toy": {"value": 1}}
+    assert run_stage(toy, RunContext(cfg)) == {} and len(calls) == 1  # up to date
+    assert run_stage(toy, RunContext({**cfg, "force": ["toy"]})) == {"value": 1} and len(calls) == 2
+    (tmp_path / "toy" / "out.txt").write_text("9")  # damaged: other bytes than recorded
+    assert run_stage(toy, RunContext(cfg)) == {"value": 1} and len(calls) == 3
+    assert (tmp_path / "toy" / "out.txt").read_text() == "1"
+    assert run_stage(toy, RunContext({**cfg, "toy": {"value": 2}})) == {"value": 2}
+    assert calls[3] != calls[0] and (tmp_path / "toy" / "out.txt").read_text() == "2"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..config import STAGES as NAMES
+from ..config_schema import STAGES as NAMES
 
 
 def definition(name: str):

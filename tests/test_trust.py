@@ -210,13 +210,17 @@ def test_a_code_change_recomputes_its_stage_and_what_follows(base_run, copy, tmp
     assert "infer: up to date" in err
     assert "features: code ('metaseg_pgn.segments') changed" in err
     assert "ood_meta: code ('metaseg_pgn.segments') changed" in err  # its candidates' features use it too
+    # the report draws ood_meta's candidates (ood_meta.extract_candidates, with segments.label_segments)
+    assert "report: code ('metaseg_pgn.segments') changed" in err
     # the same table comes out, so the stages after features stay up to date
-    assert "meta: up to date" in err and "report: up to date" in err
+    assert "meta: up to date" in err
     # all equal but the per-frame caches and the manifests of the stages that run the changed module,
-    # which carry the code's fingerprint
+    # which carry the code's fingerprint, and the report's pages, which name the fingerprints (its
+    # figures are the same)
     changed = {k for k, v in snapshot(copy).items() ^ base_run[1].items()}
-    assert changed and all(k.startswith("features/_frames/") or k in ("features/manifest.json", "ood_meta/manifest.json")
-                           for k in changed)
+    assert changed and all(k.startswith("features/_frames/") or k in (
+        "features/manifest.json", "ood_meta/manifest.json", "report/manifest.json", "report/report.md",
+        "report/report.html") for k in changed)
 
 
 def test_report_refuses_meta_results_of_another_configuration(base_run, copy):

@@ -65,7 +65,7 @@ def run_section(run_dir: Path) -> list[str]:
     sizes = {s: folder_size(run_dir / s) for s in STAGES if (run_dir / s).is_dir()}
     export = folder_size(run_dir / "ood_eval" / "submission")
     total = sum(sizes.values()) + folder_size(run_dir / "report")
-    from .stages.common import dataset_key
+    from .data.select import dataset_key
 
     key = dataset_key(cfg["dataset"])
     features = _read_json(run_dir / "features" / "manifest.json")
@@ -130,7 +130,7 @@ def _single_p(name: str) -> bool:
 
 
 def _key(run_dir: Path) -> str:
-    from .stages.common import dataset_key
+    from .data.select import dataset_key
 
     return dataset_key(_read_json(run_dir / "infer" / "manifest.json")["config"]["dataset"])
 

@@ -51,7 +51,7 @@ def build_custom(model_cfg: dict) -> nn.Module:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from ..config import CustomModel
+    from ..config_schema import CustomModel
 
     settings = {f for f in CustomModel.__dataclass_fields__}
     kwargs = {k: v for k, v in model_cfg.items() if k not in settings}

@@ -85,7 +85,7 @@ def model_files(cfg: dict) -> dict[str, str]:
         from ..models.pretrained import weights_path
 
         return {"weights": _hash_model_file(weights_path(mcfg["name"], mcfg.get("seed", 0)), "model weights")}
-    from ..config import CustomModel
+    from ..config_schema import CustomModel
 
     out = {"target": _target_source(str(mcfg["_target_"]))}
     init = str(mcfg.get("init", "checkpoint"))

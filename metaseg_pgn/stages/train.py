@@ -51,7 +51,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 def _train_defaults() -> dict[str, Any]:
     from dataclasses import asdict
 
-    from ..config import TrainConfig
+    from ..config_schema import TrainConfig
 
     defaults = asdict(TrainConfig())
     defaults.update(seed=0, progress=True)  # in a pipeline run: the run's seed and progress

@@ -24,12 +24,12 @@ import torch
 
 from metaseg_pgn import config as config_mod
 from metaseg_pgn.run import run_pipeline
-from metaseg_pgn.stages.infer import TEST_KILL_ENV
 from metaseg_pgn.table import read_features
 
 from conftest import REPO, tiny_overrides
 
 N_FRAMES = 8  # evaluated frames; with infer.batch_size=2 four batches, two per rank
+KILL_RANK = REPO / "tests" / "kill_rank.py"  # fault injection: a rank SIGKILLs itself after K records
 
 
 def overrides(run_dir: Path, *extra: str) -> list[str]:
@@ -46,13 +46,20 @@ def run_in_process(run_dir: Path, *extra: str) -> None:
         torch.set_num_threads(threads)
 
 
-def torchrun(run_dir: Path, *extra: str, env: dict | None = None,
+def torchrun(run_dir: Path, *extra: str, kill: tuple[str, ...] = (),
              launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m metaseg_pgn.run``; with ``kill`` (options of
+    ``tests/kill_rank.py``, e.g. ``("--rank", "1", "--after", "2")``) the ranks run that script
+    instead, which makes one rank SIGKILL itself after its K-th record."""
+    target = [str(KILL_RANK), *kill] if kill else ["-m", "metaseg_pgn.run"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *launcher,
-           "-m", "metaseg_pgn.run", *overrides(run_dir, *extra)]
-    full_env = {k: v for k, v in os.environ.items() if k != TEST_KILL_ENV}
-    full_env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})})
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=180)
+           *target, *overrides(run_dir, *extra)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+
+
+def mtimes(run_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (run_dir / "infer" / "records" / "synthetic-val").glob("*.npz")}
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +187,40 @@ def test_dask_killed_worker_loses_nothing(reference, tmp_path):
 
 # --- torchrun -------------------------------------------------------------------------------------
 
-def test_torchrun_two_ranks_match_single_process(reference, tmp_path):
-    """torchrun --nproc-per-node 2 (gloo, CPU): infer shards the frames over the ranks, features
-    shards them again, and the store and table are those of the single-process run."""
-    run_dir = tmp_path / "run"
-    done = torchrun(run_dir, "stage=[infer,features]")
+@pytest.fixture(scope="module")
+def killed_then_rerun(tmp_path_factory) -> dict:
+    """A fresh two-rank run in which rank 1 dies (SIGKILL) after its first batch (two records), the
+    folder as the killed job left it, damaged further (a writer killed mid-file, a lost record of a
+    finished batch), then a plain torchrun rerun of the same command to the end."""
+    run_dir = tmp_path_factory.mktemp("dist_killed") / "run"
+    killed = torchrun(run_dir, "stage=[infer,features]", kill=("--rank", "1", "--after", "2"))
+    records = run_dir / "infer" / "records" / "synthetic-val"
+    left = {"manifest": (run_dir / "infer" / "manifest.json").exists(),
+            "features": (run_dir / "features").exists(), "records": mtimes(run_dir)}
+    if (records / "val_000002.npz").exists():
+        (records / "val_000002.npz").unlink()  # half of a finished batch lost
+    records.mkdir(parents=True, exist_ok=True)
+    (records / ".val_000004.npz.killed.tmp").write_bytes(b"half a file")
+    rerun = torchrun(run_dir, "stage=[infer,features]")
+    return {"run_dir": run_dir, "killed": killed, "left": left, "rerun": rerun}
+
+
+def test_torchrun_killed_rank_stops_the_job_leaving_nothing_trusted(killed_then_rerun):
+    """torchrun stops the job when rank 1 dies: no infer manifest, no features, and rank 1's
+    records are those of the batches it finished (it has [2, 3] and [6, 7]; it died after the first)."""
+    killed, left = killed_then_rerun["killed"], killed_then_rerun["left"]
+    assert killed.returncode != 0
+    assert "SIGKILL" in killed.stderr or "exitcode  : -9" in killed.stderr, killed.stderr[-3000:]
+    assert not left["manifest"] and not left["features"]
+    assert {"val_000002.npz", "val_000003.npz"} <= set(left["records"])
+    assert not {"val_000006.npz", "val_000007.npz"} & set(left["records"])
+
+
+def test_torchrun_rerun_completes_to_the_single_process_result(killed_then_rerun, reference):
+    """The rerun of the killed job: infer shards the missing frames over the two ranks and keeps the
+    records already written, features shards all frames again, and records and table are those of
+    one process (the killed run's own records among them: two ranks write what one process does)."""
+    run_dir, done, left = killed_then_rerun["run_dir"], killed_then_rerun["rerun"], killed_then_rerun["left"]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert_same_records(run_dir, reference)
     assert_same_features(run_dir, reference)
@@ -192,43 +228,29 @@ def test_torchrun_two_ranks_match_single_process(reference, tmp_path):
     assert manifest["outputs"]["synthetic-val"]["frames"] == [f"val_{i:06d}" for i in range(N_FRAMES)]
     assert done.stderr.count("stage infer: done") == 2  # both ranks ran infer, then features
     assert done.stderr.count("stage features: done") == 2
-    assert not temp_files(run_dir)
-
-
-def test_torchrun_killed_rank_rerun_completes(reference, tmp_path):
-    """Rank 1 dies (SIGKILL) after its first batch; torchrun stops the job without a manifest. A
-    writer killed mid-file and a lost record of a finished batch are added to the damage. Running
-    torchrun again completes the store: every record once, identical to the single-process run."""
-    run_dir = tmp_path / "run"
-    killed = torchrun(run_dir, "stage=[infer,features]", env={TEST_KILL_ENV: "1:1"})
-    assert killed.returncode != 0
-    assert "SIGKILL" in killed.stderr or "exitcode  : -9" in killed.stderr, killed.stderr[-3000:]
-    assert not (run_dir / "infer" / "manifest.json").exists()
-    assert not (run_dir / "features").exists()
-    records = run_dir / "infer" / "records" / "synthetic-val"
-    present = sorted(p.name for p in records.glob("*.npz"))
-    # rank 1 has batches [2, 3] and [6, 7]: it wrote the first and died before the second
-    assert {"val_000002.npz", "val_000003.npz"} <= set(present)
-    assert not {"val_000006.npz", "val_000007.npz"} & set(present)
-    (records / "val_000002.npz").unlink()  # half of a finished batch lost
-    (records / ".val_000004.npz.killed.tmp").write_bytes(b"half a file")
-
-    done = torchrun(run_dir, "stage=[infer,features]")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert_same_records(run_dir, reference)
-    assert_same_features(run_dir, reference)
+    now = mtimes(run_dir)
+    kept = {name: t for name, t in left["records"].items() if name != "val_000002.npz"}
+    assert kept and {name: now[name] for name in kept} == kept  # not rewritten
+    assert now["val_000002.npz"] > max(kept.values())  # the lost one was
     assert not temp_files(run_dir)
 
 
 def test_torchrun_restarts_itself_after_killed_rank(reference, tmp_path):
-    """With --max-restarts torchrun reruns the job by itself: rank 1 kills itself after each batch it
-    writes, every restart resumes from the records on disk, the last attempt completes the store."""
+    """With --max-restarts torchrun reruns the job by itself: rank 1 kills itself after its first batch
+    (two records) in the first attempt; the restart resumes from the records on disk (those written
+    before the kill are kept, not rewritten) and completes the store."""
     run_dir = tmp_path / "run"
-    done = torchrun(run_dir, "stage=[infer,features]", env={TEST_KILL_ENV: "1:1"}, launcher=("--max-restarts", "3"))
+    marker = tmp_path / "killed"
+    done = torchrun(run_dir, "stage=[infer,features]", launcher=("--max-restarts", "3"),
+                    kill=("--rank", "1", "--after", "2", "--attempt", "0", "--marker", str(marker)))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "exitcode: -9" in done.stderr  # at least one rank was killed and the job restarted
+    assert "exitcode: -9" in done.stderr  # rank 1 was killed and the job restarted
     assert_same_records(run_dir, reference)
     assert_same_features(run_dir, reference)
+    killed_at = marker.stat().st_mtime_ns
+    written = mtimes(run_dir)
+    assert written["val_000002.npz"] <= killed_at and written["val_000003.npz"] <= killed_at  # kept
+    assert written["val_000006.npz"] > killed_at and written["val_000007.npz"] > killed_at  # the restart's
     assert not temp_files(run_dir)
 
 

@@ -37,7 +37,6 @@ a single-process run with one thread).
 from __future__ import annotations
 
 import os
-import signal
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -304,8 +303,6 @@ def work(ctx: RunContext, plan: Plan, upstream: dict[str, dict]) -> Result | Non
         }
     barrier()  # every rank has listed the same stale batches before any rank writes
 
-    kill_after = _test_kill_after(rank)
-    written = 0
     for p in plans:
         mine = p.batches[rank::world]
         bar = tqdm(total=sum(map(len, mine)), desc=f"infer {dataset_key(p.ds_cfg)}" +
@@ -319,11 +316,8 @@ def work(ctx: RunContext, plan: Plan, upstream: dict[str, dict]) -> Result | Non
                 if p.stale[frame_id]:
                     _infer_frame(frame, p.ds, wrapper, loaded, members, cfg, p.expects[frame_id],
                                  p.stale[frame_id], p.out_dir / f"{frame_id}.npz", device, classes)
-                    written += 1
                 if p.redraw[frame_id]:
                     write_preview(p.view_dir / f"{frame_id}.png", frame.image)
-            if kill_after is not None and written >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
             bar.update(len(batch_ids))
         bar.close()
 
@@ -468,16 +462,3 @@ def _compute_baselines(loaded, members, base_cfg, x, seed, frame_id) -> dict[str
     if members:
         maps.update(ensemble_maps(members, x, output=loaded.output))
     return {name: v[0].cpu().numpy().astype(np.float16) for name, v in maps.items()}
-
-
-#: For tests only: "RANK:K" makes that rank kill itself (SIGKILL) after the batch in which its
-#: K-th record was written, as a crash would (no clean-up, no exception).
-TEST_KILL_ENV = "METASEG_PGN_TEST_KILL_RANK_AFTER"
-
-
-def _test_kill_after(rank: int) -> int | None:
-    value = os.environ.get(TEST_KILL_ENV)
-    if not value:
-        return None
-    target, _, count = value.partition(":")
-    return int(count) if int(target) == rank else None

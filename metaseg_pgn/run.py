@@ -36,7 +36,7 @@ Stages (stage=NAME, or stage=[a,b]; default: all):
   all         infer, features, meta, pixel_eval, ood_eval, ood_meta, report
 
 Main settings (docs/configuration.md lists every key with its type and default):
-  pipeline=synthetic|cityscapes|smiyc        the pipeline (config group in metaseg_pgn/conf)
+  pipeline=synthetic|cityscapes|smiyc|folder the pipeline (config group in metaseg_pgn/conf)
   dataset=synthetic|cityscapes|folder|...    dataset.root=...  dataset.split=...
   model=synthetic_compact|custom             model._target_=pkg.build  model.KEY=VALUE (its args)
                                              model.checkpoint=FILE  model.init=checkpoint|target|random

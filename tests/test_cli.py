@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,6 @@ import yaml
 from conftest import REPO
 from metaseg_pgn import config as config_mod
 
-DOCUMENTED_STAGES = ("train", "infer", "features", "meta", "pixel_eval", "ood_eval", "ood_meta", "report", "all")
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -41,13 +44,101 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
         assert fragment in errors[0], (fragment, errors[0])
 
 
-def test_help_lists_every_stage():
+def _schema_field(key: str):
+    """The type of the configuration key ``a.b.c`` in the schema dataclasses, or None if no
+    schema has it; ``dataset.*`` and ``model.*`` may be a key of any option of their group."""
+    head, *rest = key.split(".")
+    if head in ("dataset", "model"):
+        options = config_mod.DATASETS.values() if head == "dataset" else config_mod.MODELS.values()
+        found = [t for t in (_field_in(cls, rest) for cls in options) if t is not None]
+        return found[0] if found else None
+    return _field_in(config_mod.RunConfig, [head, *rest])
+
+
+def _field_in(cls, path: list[str]):
+    tp = cls
+    for name in path:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp, vars(config_mod))
+        if name not in hints:
+            return None
+        tp = hints[name]
+    return tp
+
+
+def _enum_of(tp):
+    """The Enum class of a field typed ``E``, ``Optional[E]`` or ``List[E]``; else None."""
+    for t in (tp, *typing.get_args(tp)):
+        if isinstance(t, type) and issubclass(t, enum.Enum):
+            return t
+    return None
+
+
+def help_problems(text: str) -> list[str]:
+    """What the ``--help`` text says that the configuration schema does not: a stage missing or
+    unknown, ``all`` not the stages it runs, a key no schema dataclass has, a list of choices that
+    is not exactly the options (of an enum, a config group, the shipped pipelines; ``...`` marks an
+    incomplete list), a list value with an item that is not an option."""
+    problems = []
+    stages_part = text.split("Stages (")[1].split("\n\n")[0]
+    described = {line.split()[0]: line.split(None, 1)[1] for line in stages_part.splitlines()[1:]
+                 if line.startswith("  ") and not line.startswith("   ")}
+    if set(described) != {*config_mod.STAGES, "all"}:
+        problems.append(f"stages listed {sorted(described)}, the configuration has {config_mod.STAGES} and all")
+    if described.get("all", "").replace(",", " ").split() != list(config_mod.ALL_STAGES):
+        problems.append(f"'all' is described as {described.get('all')!r}, it runs {config_mod.ALL_STAGES}")
+
+    groups = {"pipeline": {p.stem for p in (REPO / "metaseg_pgn" / "conf" / "pipeline").glob("*.yaml")},
+              "dataset": {*config_mod.DATASETS, "none"}, "model": set(config_mod.MODELS)}
+    settings = text.split("Main settings")[1].split("Hydra's options")[0]
+    keys = re.findall(r"(?<![\w.])([a-z_]+(?:\.[a-z_]+)*)=(\S+)", settings)
+    if len(keys) < 20:
+        problems.append(f"only {len(keys)} key=value settings found in the help")
+    for key, value in keys:
+        values = value.split("|")
+        if key in groups:
+            listed = {v for v in values if v != "..."}
+            if not listed <= groups[key] or ("..." not in values and listed != groups[key]):
+                problems.append(f"{key}={value}: the options are {sorted(groups[key])}")
+            continue
+        tp = _schema_field(key)
+        if tp is None:
+            problems.append(f"{key}: no such key in the configuration schema")
+            continue
+        choices = _enum_of(tp)
+        if choices is None:
+            continue
+        items = [i for v in values for i in v.strip("[]").split(",")]
+        if not set(items) <= {m.value for m in choices}:
+            problems.append(f"{key}={value}: not options of {choices.__name__}")
+        elif len(values) > 1 and "..." not in values and not value.startswith("[") \
+                and set(values) != {m.value for m in choices}:
+            problems.append(f"{key}={value}: the options are {[m.value for m in choices]}")
+    return problems
+
+
+def test_help_says_what_the_configuration_schema_has():
     proc = cli("--help")
     assert proc.returncode == 0, proc.stderr
-    listed = {line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ") and line.split()}
-    for stage in set(DOCUMENTED_STAGES) | set(config_mod.STAGES):
-        assert stage in listed, f"stage {stage!r} missing from --help"
+    assert help_problems(proc.stdout) == []
     assert "--cfg job" in proc.stdout and "--multirun" in proc.stdout
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda t: t.replace("  ood_meta  ", "  oodmeta   "), "stages listed"),
+    (lambda t: t.replace("ood_eval, ood_meta, report", "ood_eval, report"), "'all' is described"),
+    (lambda t: t.replace("pgn.weights=", "pgn.weight="), "pgn.weight: no such key"),
+    (lambda t: t.replace("grouped|pgn_authors|metaseg", "grouped|metaseg"), "meta.protocol=grouped|metaseg"),
+    (lambda t: t.replace("[linear,gbt,mlp]", "[linear,svm]"), "meta.models=[linear,svm]"),
+    (lambda t: t.replace("synthetic_compact|custom", "synthetic_compact"), "model=synthetic_compact"),
+])
+def test_help_check_finds_a_help_text_that_drifted(edit, said):
+    from metaseg_pgn.run import HELP
+
+    drifted = edit(HELP)
+    assert drifted != HELP
+    assert any(said in p for p in help_problems(drifted)), help_problems(drifted)
 
 
 def test_cfg_job_prints_the_composed_configuration_and_runs_nothing(tmp_path):

@@ -186,9 +186,20 @@ BAD = [
 
 
 @pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_a_bad_key_or_value_is_one_line_with_exit_2_and_writes_nothing(tmp_path, overrides, message):
-    proc = cli(*overrides, f"run_dir={tmp_path / 'run'}")
-    assert_one_line_error(proc, message)
+def test_a_bad_key_or_value_is_one_line_with_exit_2_and_writes_nothing(tmp_path, capsys, overrides, message):
+    """The entry point in this process (the subprocess path, exit status included, is the same
+    ``main``: see the subprocess cases below and test_a_bad_override_exits_2_from_the_shell)."""
+    from metaseg_pgn.run import main
+
+    status = main([*overrides, f"run_dir={tmp_path / 'run'}"])
+    out, err = capsys.readouterr()
+    assert_one_line_error(subprocess.CompletedProcess([], status, out, err), message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_override_exits_2_from_the_shell(tmp_path):
+    proc = cli(*BAD[0][0], f"run_dir={tmp_path / 'run'}")
+    assert_one_line_error(proc, BAD[0][1])
     assert list(tmp_path.iterdir()) == []
 
 

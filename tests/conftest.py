@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from metaseg_pgn import config as config_mod
-
 REPO = Path(__file__).resolve().parents[1]
 # The anchors' own outputs on fixed inputs (a copy of shared/reference; see tests/data/README.md).
 REFERENCE_DATA = Path(__file__).resolve().parent / "data"
@@ -64,17 +62,28 @@ def run_cli(*args: str, cwd: Path = REPO, umask: int | None = None, warnings_as_
     """``python -m metaseg_pgn.run ARGS`` in a subprocess, as a user runs it, in ``cwd``; the tests
     folder is importable (for ``model._target_=module.callable``). ``umask`` sets the process's
     umask, ``warnings_as_errors`` runs Python with ``-W error``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CLI_ENV}
     flags = ["-W", "error"] if warnings_as_errors else []
     return subprocess.run([sys.executable, *flags, "-m", "metaseg_pgn.run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
 
 
-@pytest.fixture
-def tiny_cfg(tmp_path):
-    """A composed configuration of a tiny run in ``tmp_path / 'run'`` (see :func:`tiny_overrides`)."""
-    return config_mod.compose(tiny_overrides(tmp_path / "run"))
+#: The environment of a command-line run in the tests: the tests folder importable, one CPU thread
+#: (whatever the test process's environment says: a Dask nanny once left OMP/MKL_NUM_THREADS in it).
+CLI_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """The tiny configuration (:func:`tiny_overrides`, every stage but train) run once per session
+    through the command line. Shared: a test that changes anything works on a copy
+    (``shutil.copytree``; a run folder holds no absolute path, so a copy is a valid run)."""
+    run_dir = tmp_path_factory.mktemp("tiny_all") / "run"
+    proc = run_cli(*tiny_overrides(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,22 @@ from metaseg_pgn.names import method_label, order_feature_sets
 from metaseg_pgn.report import fmt
 from metaseg_pgn.report.context import published
 from metaseg_pgn.report.stats import feature_correlations
-from metaseg_pgn.run import run_pipeline
 from metaseg_pgn.stages import report
 from metaseg_pgn.stages.common import RunContext
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+# The shared run was made by the command line with one thread (part of infer's fingerprint).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> dict:
-    """The tiny pipeline of ``conftest.tiny_cfg`` run once, all stages including the report."""
-    cfg = config_mod.compose(tiny_overrides(tmp_path_factory.mktemp("report") / "run"))
-    run_pipeline(cfg)
-    return cfg
+def tiny_run(tmp_path_factory, tiny_run_dir) -> dict:
+    """The configuration of a copy of the session's tiny run (``conftest.tiny_run_dir``: all stages
+    including the report); a copy, since these tests regenerate the report in it."""
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(tiny_run_dir, run_dir)
+    return config_mod.compose(tiny_overrides(run_dir))
 
 
 def _folder(cfg) -> Path:

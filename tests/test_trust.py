@@ -63,10 +63,9 @@ def snapshot(run: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
-    run = tmp_path_factory.mktemp("trust") / "base"
-    ok(cli(run))
-    return run, snapshot(run)
+def base_run(tiny_run_dir) -> tuple[Path, dict[str, bytes]]:
+    """The session's tiny run through the CLI (``conftest.tiny_run_dir``), never changed: cases copy it."""
+    return tiny_run_dir, snapshot(tiny_run_dir)
 
 
 @pytest.fixture

@@ -96,3 +96,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs the session's command-line run (``tiny_run_dir``) is ``slow``."""
+    for item in items:
+        if "tiny_run_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

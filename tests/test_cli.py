@@ -283,6 +283,7 @@ def test_the_slurm_launcher_composes(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow
 def test_training_is_a_stage_of_the_same_configuration(tmp_path):
     run_dir = tmp_path / "run"
     proc = cli("stage=train", "train.n_train=2", "train.n_val=1", "train.size=[64,128]", "train.crop=[32,64]",

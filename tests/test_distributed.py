@@ -28,6 +28,8 @@ from metaseg_pgn.table import read_features
 
 from conftest import REPO, tiny_overrides
 
+pytestmark = pytest.mark.slow  # torchrun, Dask clusters and process pools
+
 N_FRAMES = 8  # evaluated frames; with infer.batch_size=2 four batches, two per rank
 KILL_RANK = REPO / "tests" / "kill_rank.py"  # fault injection: a rank SIGKILLs itself after K records
 

@@ -23,6 +23,8 @@ from metaseg_pgn.data.synthetic import SyntheticOoD, SyntheticStreets
 
 cli = run_cli
 
+pytestmark = pytest.mark.slow  # every README pipeline through the command line
+
 
 def finished(proc: subprocess.CompletedProcess, run_dir: Path) -> str:
     assert proc.returncode == 0, proc.stderr[-3000:]

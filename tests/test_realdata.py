@@ -27,6 +27,7 @@ def deep_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_deep_layer_run_of_the_default_world_finishes_every_evaluation_without_warning(deep_run):
     # The shipped model's deeper-layer p = 0.1 maps reach ~1e38.5, beyond float32 (pixel_eval
     # used to fail with "overflow encountered in cast", then "uncertainty holds NaN or inf").
@@ -74,6 +75,7 @@ def test_deep_layer_run_of_the_default_world_finishes_every_evaluation_without_w
     assert "| Run time | " in md and f"{int(round(seconds)) % 60} s for the stages" in md
 
 
+@pytest.mark.slow
 def test_main_job_outputs_are_readable_as_the_umask_says_and_export_is_off(deep_run):
     # run under umask 027: every output rw-r----- (atomic writes used to leave them 0600)
     import stat
@@ -121,6 +123,7 @@ def all_wrong_model(num_classes: int = 19):
     return conv
 
 
+@pytest.mark.slow
 def test_a_network_wrong_everywhere_gets_undefined_metrics_not_perfect_scores(tmp_path):
     # Every segment has IoU 0: R² and AuROC are undefined (constant target, one class), the
     # Brier error is the same on every pixel (AuSE undefined). Before, R² read 100.00 ± 0.00 in
@@ -180,6 +183,7 @@ def test_model_and_device_problems_are_one_line_errors(tmp_path, capsys, extra, 
     assert not list((tmp_path / "run").rglob("*.npz"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_keeps_the_finished_frames(tmp_path):
     import os
     import signal
@@ -266,6 +270,7 @@ def _md_table(text: str, first_header: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_readme_results_tables_equal_the_runs_csvs(deep_run, tmp_path):
     from metaseg_pgn import readme_results
     from metaseg_pgn.names import method_label
@@ -358,6 +363,7 @@ def test_readme_results_tables_equal_the_runs_csvs(deep_run, tmp_path):
     assert "](docs/images/meta_bars.png)" in body
 
 
+@pytest.mark.slow
 def test_readme_results_refuses_a_readme_without_markers_and_an_unfinished_run(deep_run, tmp_path, capsys):
     from metaseg_pgn import readme_results
 

@@ -28,6 +28,8 @@ from conftest import REPO, tiny_overrides
 from metaseg_pgn.store import Record, relative_logits
 from metaseg_pgn.table import read_features, write_table
 
+pytestmark = pytest.mark.slow  # pipeline runs through the command line
+
 
 def cli(run_dir: Path, *extra: str, env: dict | None = None, pythonpath: Path = REPO,
         base: list[str] | None = None) -> subprocess.CompletedProcess:

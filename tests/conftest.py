@@ -75,6 +75,36 @@ CLI_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP
            "MKL_NUM_THREADS": "1"}
 
 
+def main_in_process(*args: str) -> subprocess.CompletedProcess:
+    """The command line's entry point, ``metaseg_pgn.run.main(ARGS)``, in this process with one torch
+    thread (as :data:`CLI_ENV` gives a subprocess): its exit status, stdout, and stderr with the log
+    lines, as :func:`run_cli` returns them, without a fresh interpreter's imports (seconds each)."""
+    import contextlib
+    import io
+    import logging
+
+    import torch
+
+    from metaseg_pgn.run import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    level, threads = root.level, torch.get_num_threads()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory) -> Path:
     """The tiny configuration (:func:`tiny_overrides`, every stage but train) run once per session

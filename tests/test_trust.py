@@ -1,6 +1,7 @@
-"""What a run reuses is what it would compute now: stale, damaged and concurrent cases, through the CLI.
+"""What a run reuses is what it would compute now: stale, damaged and concurrent cases, through the CLI
+(its entry point in the test process; a fresh interpreter where a case needs its own process).
 
-One tiny run (``stage=all``) is made once per module; each case works on a copy of its folder (a
+One tiny run (``stage=all``, ``conftest.tiny_run_dir``) is made once per session; each case works on a copy of its folder (a
 run folder holds no absolute path, so a copy is a valid run) and compares the repaired copy with
 the undamaged run byte for byte.
 """
@@ -24,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, main_in_process, tiny_overrides
 from metaseg_pgn.store import Record, relative_logits
 from metaseg_pgn.table import read_features, write_table
 
@@ -32,9 +33,13 @@ pytestmark = pytest.mark.slow  # pipeline runs through the command line
 
 
 def cli(run_dir: Path, *extra: str, env: dict | None = None, pythonpath: Path = REPO,
-        base: list[str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m metaseg_pgn.run`` on the tiny configuration in ``run_dir`` (one CPU thread)."""
+        base: list[str] | None = None, process: bool = False) -> subprocess.CompletedProcess:
+    """The command line on the tiny configuration in ``run_dir`` (one CPU thread): its entry point in
+    this process, or ``python -m metaseg_pgn.run`` in a fresh one where the case needs it (another
+    environment or PYTHONPATH, ``process=True``)."""
     args = (tiny_overrides(run_dir) if base is None else base) + list(extra)
+    if env is None and pythonpath == REPO and not process:
+        return main_in_process(*args)
     threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # whatever the test process's environment says
     full_env = {**os.environ, "PYTHONPATH": str(pythonpath), **threads, **(env or {})}
     return subprocess.run([sys.executable, "-m", "metaseg_pgn.run", *args], cwd=pythonpath, env=full_env,
@@ -255,7 +260,7 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_dead_runs_are_cleaned_up(b
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        proc = cli(copy, "stage=infer")
+        proc = cli(copy, "stage=infer", process=True)
         assert proc.returncode == 2
         assert f"pid {holder.pid} on host {socket.gethostname()}" in proc.stderr
         assert "in use by another run" in proc.stderr
@@ -268,7 +273,7 @@ def test_a_second_run_on_a_busy_folder_is_refused_and_dead_runs_are_cleaned_up(b
     live = records / f".val_000002.npz.{os.getpid()}.abcdef.tmp"  # a live process's
     dead.write_bytes(b"partial")
     live.write_bytes(b"in progress")
-    err = ok(cli(copy, "stage=infer"))
+    err = ok(cli(copy, "stage=infer", process=True))  # the live temp file is another process's
     assert "taking over the lock" in err
     assert not dead.exists() and live.exists()
     live.unlink()

@@ -1,9 +1,9 @@
 """What a run reuses is what it would compute now: stale, damaged and concurrent cases, through the CLI
 (its entry point in the test process; a fresh interpreter where a case needs its own process).
 
-One tiny run (``stage=all``, ``conftest.tiny_run_dir``) is made once per session; each case works on a copy of its folder (a
-run folder holds no absolute path, so a copy is a valid run) and compares the repaired copy with
-the undamaged run byte for byte.
+One tiny run (``stage=all``, ``conftest.tiny_run_dir``) is made once per session; each case works on
+a copy of its folder (a run folder holds no absolute path, so a copy is a valid run) and compares
+the repaired copy with the undamaged run byte for byte.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def _field_in(cls, path: list[str]):
     for name in path:
         if not dataclasses.is_dataclass(tp):
             return None
-        hints = typing.get_type_hints(tp, vars(config_mod))
+        hints = typing.get_type_hints(tp)  # resolved in the module that defines the dataclass
         if name not in hints:
             return None
         tp = hints[name]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -17,15 +15,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from metaseg_pgn import config as config_mod
 
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "metaseg_pgn.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def one_frame_run(run_dir: Path) -> list[str]:

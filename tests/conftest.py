@@ -57,6 +57,12 @@ def real_data_overrides(run_dir: Path) -> list[str]:
     ]
 
 
+#: The environment of a command-line run in the tests: the tests folder importable, one CPU thread
+#: (whatever the test process's environment says: a Dask nanny once left OMP/MKL_NUM_THREADS in it).
+CLI_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+
+
 def run_cli(*args: str, cwd: Path = REPO, umask: int | None = None, warnings_as_errors: bool = False,
             timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m metaseg_pgn.run ARGS`` in a subprocess, as a user runs it, in ``cwd``; the tests
@@ -67,12 +73,6 @@ def run_cli(*args: str, cwd: Path = REPO, umask: int | None = None, warnings_as_
     return subprocess.run([sys.executable, *flags, "-m", "metaseg_pgn.run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
-
-
-#: The environment of a command-line run in the tests: the tests folder importable, one CPU thread
-#: (whatever the test process's environment says: a Dask nanny once left OMP/MKL_NUM_THREADS in it).
-CLI_ENV = {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
 
 
 def main_in_process(*args: str) -> subprocess.CompletedProcess:

@@ -15,13 +15,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli_in_process, run_cli
 from metaseg_pgn import config as config_mod
 
 
 
-def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
-    return run_cli(*args, cwd=cwd, timeout=timeout)
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The command line in this process (:func:`conftest.cli_in_process`); the cases that are about
+    the process itself (exit status from the shell, Hydra's own flags) call :func:`run_cli`."""
+    return cli_in_process(*args, cwd=cwd)
 
 
 def one_frame_run(run_dir: Path) -> list[str]:
@@ -115,7 +117,7 @@ def help_problems(text: str) -> list[str]:
 
 
 def test_help_says_what_the_configuration_schema_has():
-    proc = cli("--help")
+    proc = run_cli("--help")
     assert proc.returncode == 0, proc.stderr
     assert help_problems(proc.stdout) == []
     assert "--cfg job" in proc.stdout and "--multirun" in proc.stdout
@@ -139,7 +141,7 @@ def test_help_check_finds_a_help_text_that_drifted(edit, said):
 
 def test_cfg_job_prints_the_composed_configuration_and_runs_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    proc = cli("--cfg", "job", "--resolve", "pgn.ps=[0.5,2]", "dataset.size=[512,1024]", "dataset.n=7",
+    proc = run_cli("--cfg", "job", "--resolve", "pgn.ps=[0.5,2]", "dataset.size=[512,1024]", "dataset.n=7",
                f"run_dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
@@ -194,7 +196,7 @@ def test_a_bad_key_or_value_is_one_line_with_exit_2_and_writes_nothing(tmp_path,
 
 
 def test_a_bad_override_exits_2_from_the_shell(tmp_path):
-    proc = cli(*BAD[0][0], f"run_dir={tmp_path / 'run'}")
+    proc = run_cli(*BAD[0][0], f"run_dir={tmp_path / 'run'}")
     assert_one_line_error(proc, BAD[0][1])
     assert list(tmp_path.iterdir()) == []
 
@@ -271,7 +273,7 @@ def test_the_console_script_is_the_same_command():
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
                     reason="hydra-submitit-launcher is not installed (pip install '.[slurm]')")
 def test_the_slurm_launcher_composes(tmp_path):
-    proc = cli("--cfg", "hydra", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+    proc = run_cli("--cfg", "hydra", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
                "hydra.launcher.timeout_min=60", f"run_dir={tmp_path / 'sweep'}")
     assert proc.returncode == 0, proc.stderr
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 import official_layouts as layouts
-from conftest import real_data_overrides, run_cli
+from conftest import cli_in_process, real_data_overrides
 from metaseg_pgn.data.registry import get_dataset
 from metaseg_pgn.data.synthetic import SyntheticOoD, SyntheticStreets
 
-cli = run_cli
+cli = cli_in_process  # the README's commands, through the command line's entry point in this process
 
 pytestmark = pytest.mark.slow  # every README pipeline through the command line
 

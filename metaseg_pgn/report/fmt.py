@@ -31,9 +31,7 @@ def fmt_pct(v: Any, digits: int = 2) -> str:
 
 def fmt_pm(mean: Any, std: Any, digits: int = 2) -> str:
     """``mean ± std`` of fractions in percent; the std is left out where undefined."""
-    if isnan(mean):
-        return DASH
-    return fmt_pct(mean, digits) + ("" if isnan(std) else f" ± {fmt_pct(std, digits)}")
+    return _plus_minus(fmt_pct, mean, std, digits)
 
 
 def fmt_num(v: Any, digits: int = 4) -> str:
@@ -43,9 +41,13 @@ def fmt_num(v: Any, digits: int = 4) -> str:
 
 def fmt_pm_num(mean: Any, std: Any, digits: int = 4) -> str:
     """``mean ± std`` of plain numbers; the std is left out where undefined."""
+    return _plus_minus(fmt_num, mean, std, digits)
+
+
+def _plus_minus(fmt, mean: Any, std: Any, digits: int) -> str:
     if isnan(mean):
         return DASH
-    return fmt_num(mean, digits) + ("" if isnan(std) else f" ± {fmt_num(std, digits)}")
+    return fmt(mean, digits) + ("" if isnan(std) else f" ± {fmt(std, digits)}")
 
 
 def fmt_pp(diff: float) -> str:

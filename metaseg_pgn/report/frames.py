@@ -149,18 +149,26 @@ def _example_frames(ev: dict, n: int, pred: pd.DataFrame | None) -> tuple[str | 
     return fs, first + evenly([f for f in ev["frames"] if f not in tested], n - len(first))
 
 
+def _first_panels(inp: Inputs, o: dict, frame_id: str, record, maps: dict, truth: str,
+                  truth_colors) -> list[dict]:
+    """The panels every example frame starts with: the stored image (when infer stored one), the
+    ground truth coloured by ``truth_colors`` (when there is one), the prediction and the entropy."""
+    panels = []
+    image = load_image(inp, o, frame_id)
+    if image is not None:
+        panels.append({"title": "image", "kind": "rgb", "data": image})
+    if record.label is not None:
+        panels.append({"title": truth, "kind": "rgb", "data": truth_colors(record.label)})
+    panels.append({"title": "prediction", "kind": "rgb", "data": colorize(record.pred)})
+    panels.append({"title": "entropy E", "kind": "heat", "data": maps["E"]})
+    return panels
+
+
 def _semantic_frame(inp: Inputs, figures: Figures, ev: dict, frame_id: str, fs: str | None,
                     pred: pd.DataFrame | None, stored: tuple[str, pd.DataFrame] | None) -> dict:
     record = read_record(inp, ev, frame_id)
     maps = record.pixel_maps()
-    panels = []
-    image = load_image(inp, ev, frame_id)
-    if image is not None:
-        panels.append({"title": "image", "kind": "rgb", "data": image})
-    if record.label is not None:
-        panels.append({"title": "ground truth", "kind": "rgb", "data": colorize(record.label)})
-    panels.append({"title": "prediction", "kind": "rgb", "data": colorize(record.pred)})
-    panels.append({"title": "entropy E", "kind": "heat", "data": maps["E"]})
+    panels = _first_panels(inp, ev, frame_id, record, maps, "ground truth", colorize)
     panels += [_heat(maps, m) for m in example_pgn(record.pgn_names)]
     caption = f"`{inp.key}` frame `{frame_id}`: image, ground truth, prediction and uncertainty maps"
     if stored is not None and record.label is not None and record.label_kind == "semantic":
@@ -189,14 +197,7 @@ def _semantic_frame(inp: Inputs, figures: Figures, ev: dict, frame_id: str, fs: 
 def _ood_frame(inp: Inputs, figures: Figures, key: str, o: dict) -> dict:
     frame_id, record = _pick_ood_frame(inp, o)
     maps = record.pixel_maps()
-    panels = []
-    image = load_image(inp, o, frame_id)
-    if image is not None:
-        panels.append({"title": "image", "kind": "rgb", "data": image})
-    if record.label is not None:
-        panels.append({"title": "OoD ground truth", "kind": "rgb", "data": ood_colors(record.label)})
-    panels.append({"title": "prediction", "kind": "rgb", "data": colorize(record.pred)})
-    panels.append({"title": "entropy E", "kind": "heat", "data": maps["E"]})
+    panels = _first_panels(inp, o, frame_id, record, maps, "OoD ground truth", ood_colors)
     pgn = example_pgn(record.pgn_names)[:1]
     panels += [_heat(maps, m) for m in pgn]
     panels += [_heat(maps, m) for m in BASELINE_PREFERENCE if m in maps][:1]

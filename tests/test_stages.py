@@ -213,6 +213,16 @@ def test_compute_frame_gives_the_caller_its_thread_count_back(run, tmp_path):
     assert torch.get_num_threads() == 2
 
 
+def test_training_uses_its_threads_and_gives_the_caller_its_count_back(tmp_path):
+    from metaseg_pgn.stages.train import train
+
+    torch.set_num_threads(1)  # the module fixture restores the caller's count afterwards
+    record = train({"threads": 2, "n_train": 2, "n_val": 1, "size": [32, 64], "crop": [32, 64], "iterations": 1,
+                    "eval_every": 0, "batch_size": 2, "progress": False, "cache": None, "out": str(tmp_path)})
+    assert record["timing"]["torch_threads"] == 2  # what it trained with
+    assert torch.get_num_threads() == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # the stage definitions
 

@@ -42,6 +42,7 @@ from ..io import atomic_write, write_json
 from ..metrics.segmentation import ConfusionMatrix
 from ..models.deeplab import build_model
 from ..models.loader import IMAGENET_MEAN, IMAGENET_STD
+from ..threads import torch_threads
 
 __all__ = ["TRAIN_DEFAULTS", "train", "run", "evaluate"]
 
@@ -234,8 +235,13 @@ def train(config: dict | None = None) -> dict:
     seed = int(cfg["seed"])
     out = Path(cfg["out"] or Path("data") / "train" / f"{cfg['name']}_seed{seed}")
     out.mkdir(parents=True, exist_ok=True)
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
+    # train.threads holds only while training: the caller gets its own thread count back.
+    with torch_threads(int(cfg["threads"]) or torch.get_num_threads()):
+        return _fit(cfg, out, seed)
+
+
+def _fit(cfg: dict, out: Path, seed: int) -> dict:
+    """:func:`train` once its settings are checked and its folder exists."""
     progress = bool(cfg["progress"])
     started = time.time()
     load_start = _loadavg()

@@ -178,10 +178,13 @@ def check_model(model: dict) -> None:
 def resolve_target(path: str):
     """``pkg.module.attr[.attr]`` → the object (Hydra's ``_target_`` convention)."""
     parts = str(path).split(".")
+    failed: dict[str, ImportError] = {}
     for cut in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:cut])
         try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
+            obj = importlib.import_module(module)
+        except ImportError as e:
+            failed[module] = e
             continue
         try:
             for attr in parts[cut:]:
@@ -191,7 +194,12 @@ def resolve_target(path: str):
         if callable(obj):
             return obj
         raise ConfigError(f"model._target_={path!r} is not callable")
-    raise ConfigError(f"model._target_={path!r} cannot be imported (give module.callable, "
+    # "No module named <the prefix tried>" below the top package only says that prefix is not a
+    # module; any other import error (a package that is not installed, a module that fails on
+    # import) is the reason to name.
+    why = next((f"{type(e).__name__}: {e}; " for name, e in failed.items()
+                if name == parts[0] or not (isinstance(e, ModuleNotFoundError) and e.name == name)), "")
+    raise ConfigError(f"model._target_={path!r} cannot be imported ({why}give module.callable, "
                       f"e.g. mypackage.models.build)")
 
 

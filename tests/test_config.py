@@ -74,7 +74,10 @@ def test_custom_model_arguments_go_to_the_target():
     (["model=custom"], "model.checkpoint is not set"),
     (["model=custom", "model.checkpoint=/no/such/file.pt"], "/no/such/file.pt does not exist"),
     (["model=custom", "model.init=bogus"], "model.init: Invalid value 'bogus'"),
-    (["model=custom", "model.init=random", "model._target_=no_such_module.build"], "cannot be imported"),
+    (["model=custom", "model.init=random", "model._target_=no_such_module.build"],
+     "cannot be imported (ModuleNotFoundError: No module named 'no_such_module'; give module.callable"),
+    (["model=custom", "model.init=random", "model._target_=metaseg_pgn.models.no_such_builder"],
+     "cannot be imported (give module.callable"),
     (["ood_datasets=[{name: synthetic_anomaly, m: 3}]"], "ood_datasets[0].m: not a setting"),
     (["train.iteration=1"], "did you mean 'iterations'"),
 ])

@@ -181,11 +181,6 @@ def _family_color(family: str) -> str:
     return FAMILY_COLORS.get(family, FAMILY_COLORS["other"])
 
 
-def _family_legend(ax, families: Sequence[str], **kwargs) -> None:
-    seen = list(dict.fromkeys(families))
-    ax.legend(handles=[Patch(color=_family_color(f), label=f) for f in seen], **kwargs)
-
-
 def meta_bar_figure(rows: Sequence[dict], r2_floor: float = -1.0, reference: int | None = None) -> Figure:
     """Meta classification AuROC and meta regression R² per feature set (the paper's Figure 3).
 

@@ -26,14 +26,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from ..distributed import barrier, rank_world
 from .common import (Plan, RunContext, is_up_to_date, log, make_plan, read_manifest, require_manifest,
                      upstream_token, write_manifest)
 
-#: The value a plan records for a section missing from the configuration.
-SECTION_DEFAULTS: dict[str, Any] = {"ood_datasets": [], "report": {}}
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ class Stage:
         """The plan this stage runs with now (``manifests``: the upstream manifests, if read already)."""
         manifests = self.manifests(ctx) if manifests is None else manifests
         config = (self.config(ctx) if self.config is not None else
-                  {k: ctx.cfg.get(k, SECTION_DEFAULTS.get(k)) for k in self.sections})
+                  {k: ctx.cfg[k] for k in self.sections})
         return make_plan(config, {s: upstream_token(m) for s, m in manifests.items()}, self.code)
 
     def run(self, ctx: RunContext) -> dict:

@@ -236,7 +236,7 @@ def train(config: dict | None = None) -> dict:
     out = Path(cfg["out"] or Path("data") / "train" / f"{cfg['name']}_seed{seed}")
     out.mkdir(parents=True, exist_ok=True)
     # train.threads holds only while training: the caller gets its own thread count back.
-    with torch_threads(int(cfg["threads"]) or torch.get_num_threads()):
+    with torch_threads(int(cfg["threads"] or torch.get_num_threads())):
         return _fit(cfg, out, seed)
 
 
